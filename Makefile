@@ -1,0 +1,49 @@
+# scanside: set-up, run, test, benchmark.
+#   make run    the appliance on embedded defaults
+#   make test   installs everything the tests need (system packages too), then runs them
+#   make bench  the benchmark suites; results under benchmarks/results/
+
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+# Debian packages the tests use: dcmtk and dicom3tools read our DICOM files back as
+# independent implementations.
+SYSTEM_PACKAGES := dcmtk dicom3tools
+
+.PHONY: deps venv run test bench lint clean
+
+deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "Installing system packages:$$missing"; \
+	    SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(VENV)/bin/scanside run
+
+test: deps venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m benchmarks all
+
+lint: venv
+	$(VENV)/bin/ruff check edge export models benchmarks tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,27 @@
+"""The appliance's one SQLite database under the state directory.
+
+WAL mode so readers (the status page) never block the writer; synchronous=FULL so a
+committed journal row or outbox message survives a power cut, not only a crash. Each
+stage that keeps state (journal, outbox) declares its own tables and opens its own
+connection: sqlite3 connections belong to one thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+DB_NAME = "scanside.sqlite3"
+
+
+def connect(state_dir: Path, schema: str = "") -> sqlite3.Connection:
+    """Open (creating if needed) the state database and ensure `schema` exists."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(state_dir / DB_NAME, timeout=30, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if schema:
+        conn.executescript(schema)
+    return conn

@@ -1,0 +1,120 @@
+"""The frozen values that travel between the appliance's stages.
+
+Each arrow of the data flow in DESIGN.md carries one of these. They hold plain data only;
+the functions that make and consume them live with their stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+Vector3 = tuple[float, float, float]
+Orientation = tuple[float, float, float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Rescale:
+    """Stored value -> physical value: ``physical = stored * slope + intercept``."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+
+
+@dataclass(frozen=True)
+class PetTags:
+    """What SUV conversion needs from a PET slice; None where the file lacks the tag."""
+
+    units: str                         # (0054,1001) Units: BQML, CNTS, GML, ...
+    decay_correction: str              # (0054,1102) DecayCorrection: START, ADMIN or NONE
+    injected_dose_bq: float | None     # RadionuclideTotalDose (0018,1074)
+    half_life_s: float | None          # RadionuclideHalfLife (0018,1075)
+    injection_time: datetime | None    # RadiopharmaceuticalStartDateTime or StudyDate + Time
+    series_time: datetime | None       # SeriesDate + SeriesTime: START decay reference
+    acquisition_time: datetime | None  # AcquisitionDate + AcquisitionTime of this slice
+    patient_weight_kg: float | None    # PatientWeight (0010,1030)
+
+
+@dataclass(frozen=True)
+class Patient:
+    """Patient identifiers. Never logged or published unless the operator allows it."""
+
+    name: str = ""
+    id: str = ""
+    birth_date: str = ""
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """Everything known about one image plane before its pixels are decoded.
+
+    Single-frame files give one header; an enhanced multi-frame file gives one per frame,
+    each with the frame's own geometry.
+    """
+
+    path: str
+    sop_instance_uid: str
+    frame: int                          # 0-based frame index in the file
+    n_frames: int                       # frames in the file
+    series_uid: str
+    study_uid: str
+    frame_of_reference_uid: str | None
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    rows: int
+    columns: int
+    bits_allocated: int                 # 8, 16 or 32 bits per stored value
+    bits_stored: int                    # significant bits; the rest is masked
+    signed: bool                        # PixelRepresentation 1
+    position_mm: Vector3                # ImagePositionPatient: centre of the first pixel
+    orientation: Orientation            # ImageOrientationPatient: row then column cosines
+    spacing_mm: tuple[float, float]     # PixelSpacing: between rows, between columns
+    slice_thickness_mm: float | None
+    expected_count: int | None          # slices the series should have, from its tags
+    instance_number: int | None
+    rescale: Rescale
+    units: str                          # unit of Slice.pixels(): HU, BQML, ... or "stored"
+    series_description: str
+    pet: PetTags | None = None
+    patient: Patient = field(default=Patient(), repr=False)
+
+    @property
+    def instance_key(self) -> str:
+        """Identifies this plane: the SOPInstanceUID, with the frame for multi-frame files."""
+        if self.n_frames == 1:
+            return self.sop_instance_uid
+        return f"{self.sop_instance_uid}#{self.frame + 1}"
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit normal of the slice plane (row cosines x column cosines)."""
+        row, col = np.asarray(self.orientation[:3]), np.asarray(self.orientation[3:])
+        n = np.cross(row, col)
+        return n / np.linalg.norm(n)
+
+
+@dataclass(frozen=True, eq=False)
+class Slice:
+    """One decoded image plane.
+
+    `stored` keeps the file's own integer type: it is half the size of float32 and crosses
+    the process boundary from the reader workers twice as fast. `pixels()` gives physical
+    units.
+    """
+
+    header: SliceHeader
+    stored: np.ndarray                  # rows x columns, as stored in the file
+
+    def pixels(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The plane in physical units (see `SliceHeader.units`) as float32, written into
+        `out` (rows x columns, float32) when given: one pass, no temporary."""
+        r = self.header.rescale
+        if out is None:
+            out = np.empty(self.stored.shape, np.float32)
+        np.multiply(self.stored, np.float32(r.slope), out=out, casting="unsafe")
+        if r.intercept != 0.0:
+            out += np.float32(r.intercept)
+        return out
