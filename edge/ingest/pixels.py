@@ -1,0 +1,107 @@
+"""Structural checks on a PixelData element, then decoding through pydicom.
+
+A slice is accepted only when its PixelData is complete: for native transfer syntaxes
+the value holds exactly Rows x Columns x frames x BitsAllocated/8 bytes (plus the one
+padding byte DICOM allows); for compressed ones the encapsulated sequence is terminated
+and holds a fragment for every frame; and every frame decodes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import UID
+
+from edge.errors import DicomError, IncompleteDicomError
+from edge.values import SliceHeader
+
+PIXEL_DATA = "PixelData (7FE0,0010)"
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def native_length(header: SliceHeader) -> int:
+    """Bytes a native PixelData value must hold for this image."""
+    return header.rows * header.columns * header.n_frames * header.bits_allocated // 8
+
+
+def check_pixel_element(element: RawDataElement, header: SliceHeader, file_size: int) -> None:
+    """Raise unless `element` holds complete pixel data for `header`'s image.
+
+    IncompleteDicomError when the file ends inside the value (it may still be arriving),
+    DicomError when the value is the wrong size or malformed.
+    """
+    path, value = header.path, element.value or b""
+    if UID(header.transfer_syntax_uid).is_encapsulated:
+        if element.length != UNDEFINED_LENGTH:
+            raise DicomError(path, "compressed pixel data must be encapsulated",
+                             tag=f"{PIXEL_DATA} length", value=element.length,
+                             expected="undefined length (an item sequence)")
+        _check_fragments(value, header)
+        return
+    expected = native_length(header)
+    if len(value) < element.length:
+        raise IncompleteDicomError(path, f"file ends {element.length - len(value)} bytes "
+                                   f"into the pixel data (file size {file_size})",
+                                   tag=f"{PIXEL_DATA} length", value=element.length,
+                                   expected="the whole value to be present")
+    if element.length not in (expected, expected + 1):
+        raise DicomError(path, "does not match the image size", tag=f"{PIXEL_DATA} length",
+                         value=element.length,
+                         expected=f"{expected} bytes (Rows {header.rows} x Columns "
+                                  f"{header.columns} x {header.n_frames} frames x "
+                                  f"{header.bits_allocated // 8} bytes)")
+
+
+def _check_fragments(value: bytes, header: SliceHeader) -> None:
+    try:
+        frames = sum(1 for _ in generate_frames(value, number_of_frames=header.n_frames))
+    except Exception as error:  # pydicom raises ValueError, KeyError, struct.error alike
+        raise DicomError(header.path, f"encapsulated pixel data is malformed: {error}",
+                         tag=PIXEL_DATA) from error
+    if frames < header.n_frames:
+        raise DicomError(header.path, f"encapsulated pixel data holds {frames} frames",
+                         tag=PIXEL_DATA, expected=f"{header.n_frames} (NumberOfFrames)")
+
+
+def decode(ds: Dataset, header: SliceHeader, value: bytes) -> np.ndarray:
+    """Every frame of `ds` as stored values, shape (frames, rows, columns).
+
+    Compressed transfer syntaxes decode through pydicom's own decoders (pylibjpeg plugins
+    for JPEG, JPEG-LS, JPEG 2000, RLE). Native ones are a fixed-size integer array, read
+    with numpy: pydicom's generic path costs a hundred times more for the same result,
+    which the tests check against pydicom on every native file in its corpus.
+    """
+    syntax = UID(header.transfer_syntax_uid)
+    shape = (header.n_frames, header.rows, header.columns)
+    if not syntax.is_encapsulated:
+        return _native(value, header, syntax.is_little_endian)
+    ds.PixelData = value
+    try:
+        stored = ds.pixel_array
+    except Exception as error:  # decoder plugins raise their own exception types
+        raise DicomError(header.path, f"pixel data could not be decoded by pydicom "
+                         f"({syntax.name}): {type(error).__name__}: {error}",
+                         tag=PIXEL_DATA) from error
+    if stored.size != np.prod(shape):
+        raise DicomError(header.path, f"decoded to shape {stored.shape}", tag=PIXEL_DATA,
+                         expected=f"{shape[0]} frame(s) of {shape[1]} x {shape[2]}")
+    return stored.reshape(shape)
+
+
+def _native(value: bytes, header: SliceHeader, little_endian: bool) -> np.ndarray:
+    """Native PixelData as integers, values outside BitsStored masked or sign-extended."""
+    allocated, stored_bits = header.bits_allocated, header.bits_stored
+    shape = (header.n_frames, header.rows, header.columns)
+    unsigned = np.dtype(f"u{allocated // 8}").newbyteorder("<" if little_endian else ">")
+    raw = np.frombuffer(value, dtype=unsigned, count=int(np.prod(shape)))
+    raw = raw.astype(unsigned.newbyteorder("="), copy=False)
+    shift, signed = allocated - stored_bits, f"i{allocated // 8}"
+    if shift == 0:
+        pixels = raw.view(signed) if header.signed else raw          # no copy
+    elif header.signed:
+        pixels = (raw << shift).view(signed) >> shift                 # sign-extend
+    else:
+        pixels = raw & ((1 << stored_bits) - 1)                       # mask
+    return pixels.reshape(shape)

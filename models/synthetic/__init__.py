@@ -1,0 +1,1 @@
+"""Synthetic studies written as real DICOM series, with ground truth."""

@@ -1,0 +1,38 @@
+"""The synthetic-series writer produces DICOM that independent tools accept."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from models.synthetic.dicom import StorageConvention
+from tests.factories import tiny_series
+
+needs_dicom3tools = pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                                       reason="dicom3tools' dciodvfy is not installed "
+                                              "(make deps installs it)")
+needs_dcmtk = pytest.mark.skipif(shutil.which("dcmdump") is None,
+                                 reason="dcmtk's dcmdump is not installed (make deps installs it)")
+
+
+@needs_dicom3tools
+@pytest.mark.parametrize("modality", ["CT", "MR", "PT"])
+def test_dciodvfy_finds_no_error_in_a_written_slice(tmp_path, modality):
+    path = tiny_series(2, modality).write(tmp_path)[0]
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert errors == []
+
+
+@needs_dcmtk
+@pytest.mark.parametrize("storage", [StorageConvention(),
+                                     StorageConvention(signed=False, intercept=-1024)],
+                         ids=["signed", "unsigned"])
+def test_dcmtk_reads_back_the_rescale_and_pixel_representation(tmp_path, storage):
+    path = tiny_series(1, storage=storage).write(tmp_path)[0]
+    dump = subprocess.run(["dcmdump", "+L", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    assert f"(0028,0103) US {int(storage.signed)}" in dump
+    assert f"(0028,1052) DS [{storage.intercept:g}]" in dump
