@@ -1,0 +1,38 @@
+"""`python -m benchmarks SUITE...`: run benchmark suites, print figures, write JSON.
+
+Benchmarks are not tests: they measure and report; targets are printed beside the figures.
+Results go to benchmarks/results/<date>-<host>-<suite>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.common import RESULTS, write_results
+
+SUITES = ("ingest",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("suites", nargs="*", default=["all"], choices=[*SUITES, "all"])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    suites = SUITES if "all" in args.suites else args.suites
+    for suite in suites:
+        if suite == "ingest":
+            from benchmarks import ingest
+
+            results = ingest.run(repeats=args.repeats)
+        path = write_results(suite, results, args.out)
+        print(json.dumps(results, indent=2))
+        print(f"{suite}: results written to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
