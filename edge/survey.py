@@ -19,6 +19,7 @@ from edge.ingest.inbox import is_ignored, same_bytes
 from edge.ingest.workers import ReaderPool
 from edge.series.assembler import Admission, SeriesAssembler, SeriesState
 from edge.series.geometry import analyse_geometry
+from edge.values import Slice
 
 
 @dataclass(frozen=True)
@@ -69,41 +70,60 @@ def expand(paths: Iterable[str | Path]) -> list[str]:
     return files
 
 
-def survey(paths: Iterable[str | Path], config: Config = Config()) -> Survey:
-    """Read every file under `paths` and group the readable ones into series."""
-    files = expand(paths)
-    rejected: list[tuple[str, str]] = []
+@dataclass
+class Collection:
+    """Files read and grouped into series, as `collect` leaves them."""
+
+    series: dict[str, SeriesState]                   # series UID -> state
+    files: dict[str, list[str]]                      # series UID -> its files
+    duplicates: dict[str, list[str]]                 # series UID -> repeated files
+    rejected: list[tuple[str, str]]                  # (path, reason)
+    slices: dict[str, list[Slice]]                   # series UID -> planes, if kept
+
+
+def collect(paths: Iterable[str | Path], config: Config = Config(),
+            keep_pixels: bool = False) -> Collection:
+    """Read every file under `paths` through the sandboxed reader and group the readable
+    ones into series; with `keep_pixels`, keep the decoded planes for analysis."""
+    found = Collection({}, {}, {}, [], {})
     to_read = []
-    for path in files:
+    for path in expand(paths):
         if is_ignored(os.path.basename(path), config.ingest.ignore):
-            rejected.append((path, "temporary name (ingest.ignore): the appliance waits for "
-                                   "it to be renamed"))
+            found.rejected.append((path, "temporary name (ingest.ignore): the appliance "
+                                         "waits for it to be renamed"))
         else:
             to_read.append(path)
     assembler = SeriesAssembler({}, float("inf"), config.series.gap_factor)  # no quiet period
-    files_of: dict[str, list[str]] = {}
-    duplicates: dict[str, list[str]] = {}
     with ReaderPool.from_config(config) as pool:
-        outcomes = [pool.submit(p) for p in to_read]
-        for future in outcomes:
+        for future in [pool.submit(p) for p in to_read]:
             outcome = future.result()
             if outcome.rejection is not None:
                 prefix = "incomplete: " if outcome.rejection.kind == "incomplete" else ""
-                rejected.append((outcome.path, prefix + outcome.rejection.reason))
+                found.rejected.append((outcome.path, prefix + outcome.rejection.reason))
                 continue
             headers = [s.header for s in outcome.slices]
             admission, state = assembler.add(headers, 0.0)
             if admission is Admission.REPEAT:
                 if not same_bytes(state.path, outcome.path):
-                    rejected.append((outcome.path, f"SOPInstanceUID {headers[0].sop_instance_uid}"
-                                                   f" also in {state.path}, with other content"))
+                    found.rejected.append((outcome.path, f"SOPInstanceUID "
+                                           f"{headers[0].sop_instance_uid} also in "
+                                           f"{state.path}, with other content"))
                     continue
-                duplicates.setdefault(state.series_uid, []).append(outcome.path)
-            files_of.setdefault(state.series_uid, []).append(outcome.path)
-    series = [_describe(state, files_of[uid], duplicates.get(uid, []), config)
-              for uid, state in assembler.series.items()]
+                found.duplicates.setdefault(state.series_uid, []).append(outcome.path)
+            elif keep_pixels:
+                found.slices.setdefault(state.series_uid, []).extend(outcome.slices)
+            found.files.setdefault(state.series_uid, []).append(outcome.path)
+    found.series = dict(assembler.series)
+    return found
+
+
+def survey(paths: Iterable[str | Path], config: Config = Config()) -> Survey:
+    """Read every file under `paths` and describe the series and the rejected files."""
+    found = collect(paths, config)
+    series = [_describe(state, found.files[uid], found.duplicates.get(uid, []), config)
+              for uid, state in found.series.items()]
     return Survey(tuple(sorted(series, key=lambda s: (s.modality, s.series_uid))),
-                  tuple(rejected))
+                  tuple(found.rejected))
 
 
 def _describe(state: SeriesState, files: list[str], duplicates: list[str],

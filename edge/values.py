@@ -118,3 +118,63 @@ class Slice:
         if r.intercept != 0.0:
             out += np.float32(r.intercept)
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class SlicePrediction:
+    """What the network said about one slice, kept until the series' 3D analysis.
+
+    The lesion probability map is stored as uint8 (probability x 255) on the network
+    grid: a quarter of float32, so a 1,000-slice series stays within tens of MB.
+    """
+
+    instance_key: str
+    lesion_u8: np.ndarray               # (size, size) uint8
+    tumour_probability: float           # slice-level head
+    grid: object                        # edge.inference.preprocess.SliceGrid
+
+    @property
+    def lesion_probability(self) -> np.ndarray:
+        return self.lesion_u8.astype(np.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One lesion found in a series, in patient coordinates."""
+
+    center_mm: Vector3
+    diameter_mm: float                  # of the sphere with the same volume
+    volume_mm3: float
+    probability: float                  # highest pixel probability inside it
+    slices: tuple[int, int]             # first and last slice, 0-based, anatomical order
+    key_slice: int                      # the slice where it is largest
+    outline: tuple[tuple[float, float], ...] = ()   # (row, column) on the key slice
+
+    def to_json(self) -> dict:
+        return {"center_mm": [round(v, 2) for v in self.center_mm],
+                "diameter_mm": round(self.diameter_mm, 2),
+                "volume_mm3": round(self.volume_mm3, 1),
+                "probability": round(self.probability, 4),
+                "slices": list(self.slices)}
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """The analysis of one series version: positive, negative or failed."""
+
+    series_uid: str
+    study_uid: str
+    modality: str
+    status: str                         # positive | negative | failed
+    reason: str | None
+    findings: tuple[Finding, ...] = ()
+    timings_ms: dict = field(default_factory=dict)
+    version: int = 1
+    n_slices: int = 0
+
+    def to_json(self) -> dict:
+        """The series entry of `scanside analyze --json` (DESIGN.md)."""
+        return {"series_uid": self.series_uid, "study_uid": self.study_uid,
+                "modality": self.modality, "status": self.status, "reason": self.reason,
+                "findings": [f.to_json() for f in self.findings],
+                "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}}

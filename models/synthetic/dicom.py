@@ -86,8 +86,10 @@ def make_dataset(values: np.ndarray, series: SeriesIdentity, plane: Plane,
                  storage: StorageConvention = StorageConvention()) -> Dataset:
     """One slice of physical `values` (rows x columns) as a complete DICOM dataset."""
     stored, slope = _to_stored(values, storage)
+    compressed = storage.transfer_syntax.is_encapsulated
     ds = Dataset()
-    ds.file_meta = _file_meta(series.modality, plane.sop_uid, storage.transfer_syntax)
+    ds.file_meta = _file_meta(series.modality, plane.sop_uid,
+                              ExplicitVRLittleEndian if compressed else storage.transfer_syntax)
     _sop_common(ds, series, plane)
     _patient_study_series(ds, series)
     _image(ds, series, plane, stored, storage, slope)
@@ -97,6 +99,8 @@ def make_dataset(values: np.ndarray, series: SeriesIdentity, plane: Plane,
         _mr(ds)
     elif series.modality == "PT":
         _pet(ds, series, plane)
+    if compressed:
+        ds.compress(storage.transfer_syntax)   # pydicom's own encoder (pylibjpeg plugins)
     return ds
 
 

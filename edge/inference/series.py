@@ -1,0 +1,100 @@
+"""Analyse one complete series in batch: order, preprocess, infer, find lesions.
+
+Used by `scanside analyze`, by evaluation and by the appliance when a series completes
+without having been streamed. A series that cannot be analysed is reported as failed
+with the reason, never as negative.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.backends.base import Backend
+from edge.errors import ScansideError
+from edge.inference.postprocess import find_lesions
+from edge.inference.preprocess import preprocess
+from edge.series.geometry import SeriesGeometry, analyse_geometry
+from edge.values import SeriesResult, Slice, SlicePrediction
+
+# Geometry problems that make a 3D analysis meaningless rather than merely less certain.
+FATAL_PROBLEMS = ("mixed_orientation", "mixed_matrix", "mixed_spacing")
+
+
+@dataclass(frozen=True)
+class SeriesPrediction:
+    """Everything the network said about a series, slices in anatomical order."""
+
+    planes: tuple[Slice, ...]
+    predictions: tuple[SlicePrediction, ...]
+    geometry: SeriesGeometry
+    timings_ms: dict
+
+
+def predict(planes: Sequence[Slice], backend: Backend, batch_size: int = 8,
+            clock: Callable[[], float] = time.perf_counter) -> SeriesPrediction:
+    """Run the network over every slice, in anatomical order, `batch_size` at a time."""
+    geometry = analyse_geometry([p.header for p in planes])
+    ordered = tuple(planes[i] for i in geometry.order)
+    timings = {"preprocess": 0.0, "infer": 0.0}
+    predictions: list[SlicePrediction] = []
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start:start + batch_size]
+        t0 = clock()
+        inputs, grids = zip(*(preprocess(p, backend.spec) for p in chunk), strict=True)
+        t1 = clock()
+        lesion, tumour = backend.infer(np.stack(inputs))
+        t2 = clock()
+        timings["preprocess"] += (t1 - t0) * 1e3
+        timings["infer"] += (t2 - t1) * 1e3
+        for plane, grid, prob, tumour_p in zip(chunk, grids, lesion, tumour, strict=True):
+            predictions.append(SlicePrediction(
+                plane.header.instance_key, _to_u8(prob[0]), float(tumour_p[0]), grid))
+    return SeriesPrediction(ordered, tuple(predictions), geometry, timings)
+
+
+def analyze_series(planes: Sequence[Slice], backend: Backend | None, version: int = 1,
+                   batch_size: int = 8) -> SeriesResult:
+    """The result of one complete series: positive, negative, or failed with the reason."""
+    first = planes[0].header
+    base = dict(series_uid=first.series_uid, study_uid=first.study_uid,
+                modality=first.modality, version=version, n_slices=len(planes))
+    if backend is None:
+        return SeriesResult(status="failed", reason=f"no model for modality "
+                            f"{first.modality!r}", **base)
+    geometry = analyse_geometry([p.header for p in planes])
+    fatal = [str(p) for p in geometry.problems if p.kind in FATAL_PROBLEMS]
+    if fatal:
+        return SeriesResult(status="failed", reason="; ".join(fatal), **base)
+    try:
+        prediction = predict(planes, backend, batch_size)
+    except ScansideError as error:
+        return SeriesResult(status="failed", reason=str(error), **base)
+    return summarise(prediction, backend, base)
+
+
+def summarise(prediction: SeriesPrediction, backend: Backend, base: dict) -> SeriesResult:
+    """Find the 3D lesions in a series prediction and state the result."""
+    start = time.perf_counter()
+    spacing = slice_spacing_mm(prediction)
+    findings = find_lesions(prediction.predictions, spacing, backend.spec)
+    timings = dict(prediction.timings_ms)
+    timings["postprocess"] = (time.perf_counter() - start) * 1e3
+    notes = [str(p) for p in prediction.geometry.problems]
+    return SeriesResult(status="positive" if findings else "negative",
+                        reason="; ".join(notes) or None, findings=tuple(findings),
+                        timings_ms=timings, **base)
+
+
+def slice_spacing_mm(prediction: SeriesPrediction) -> float:
+    """Distance between slices: the median step, or the slice thickness for one slice."""
+    if prediction.geometry.slice_spacing_mm:
+        return prediction.geometry.slice_spacing_mm
+    return prediction.planes[0].header.slice_thickness_mm or 1.0
+
+
+def _to_u8(probability: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(probability * 255), 0, 255).astype(np.uint8)

@@ -1,0 +1,264 @@
+"""Training data: cases on disk -> network-grid arrays, through the appliance's own
+reader and preprocessing, so a model trains on exactly what it will see deployed.
+
+Two layouts are understood:
+
+- DICOM series with masks: one folder per series holding its DICOM files and `mask.npz`
+  (`labels`: lesion ids per voxel, slices in anatomical order; `sop_instance_uids`: the
+  slice of each mask plane). `scanside synth` writes this layout; convert other masks
+  to it to train on your own DICOM data.
+- Medical Segmentation Decathlon: `dataset.json`, `imagesTr/*.nii.gz`, `labelsTr/*.nii.gz`
+  (LiTS- and KiTS-style data). Tumour labels are those whose names say tumour, tumor,
+  cancer, lesion, nodule or metastasis, unless given explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import generate_uid
+from tqdm import tqdm
+
+from edge.errors import DicomError, ModelError
+from edge.inference.preprocess import preprocess, resample
+from edge.inference.spec import ModelSpec
+from edge.ingest.reader import read_file
+from edge.values import Patient, Rescale, Slice, SliceHeader
+
+TUMOUR_WORDS = re.compile(r"tumou?r|cancer|lesion|nodule|metasta|mass", re.IGNORECASE)
+NOT_DICOM = {".json", ".npz", ".nii", ".gz", ".png", ".txt", ".md"}
+
+
+@dataclass
+class CaseData:
+    """One case on the network grid."""
+
+    name: str
+    images: np.ndarray      # (slices, channels, size, size) float16
+    masks: np.ndarray       # (slices, size, size) uint8: 1 inside a lesion
+
+    @property
+    def tumour(self) -> np.ndarray:
+        return self.masks.reshape(len(self.masks), -1).any(axis=1)
+
+
+@dataclass(frozen=True)
+class DicomCase:
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir()
+                      if p.is_file() and not {s.lower() for s in p.suffixes} & NOT_DICOM)
+
+    def slices(self) -> tuple[list[Slice], list[np.ndarray]]:
+        saved = np.load(self.folder / "mask.npz")
+        by_uid = dict(zip(saved["sop_instance_uids"].tolist(), saved["labels"], strict=True))
+        planes, masks = [], []
+        for path in self.files():
+            try:
+                found = read_file(str(path))
+            except DicomError as error:
+                raise ModelError(f"training case {self.folder}: {error}") from error
+            for plane in found:
+                mask = by_uid.get(plane.header.sop_instance_uid)
+                if mask is None:
+                    raise ModelError(f"{self.folder}/mask.npz has no plane for "
+                                     f"SOPInstanceUID {plane.header.sop_instance_uid}")
+                planes.append(plane)
+                masks.append(mask > 0)
+        return planes, masks
+
+
+@dataclass(frozen=True)
+class NiftiCase:
+    image: Path
+    label: Path
+    modality: str
+    tumour_labels: tuple[int, ...]
+    channel: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.image.name.split(".")[0]
+
+    def slices(self) -> tuple[list[Slice], list[np.ndarray]]:
+        import nibabel
+
+        image = nibabel.load(self.image)
+        label = np.asanyarray(nibabel.load(self.label).dataobj)
+        data = np.asanyarray(image.dataobj)
+        if data.ndim == 4:
+            data = data[..., self.channel]
+        if data.shape != label.shape:
+            raise ModelError(f"{self.label}: shape {label.shape} differs from the image's "
+                             f"{data.shape}")
+        headers = nifti_headers(image.affine, data.shape, self.modality, str(self.image))
+        planes = [Slice(h, np.ascontiguousarray(data[:, :, k].T)) for k, h in enumerate(headers)]
+        masks = [np.isin(label[:, :, k].T, self.tumour_labels) for k in range(data.shape[2])]
+        return planes, masks
+
+
+def nifti_headers(affine: np.ndarray, shape: tuple[int, ...], modality: str,
+                  path: str) -> list[SliceHeader]:
+    """DICOM-style headers for the axial planes of a NIfTI volume.
+
+    NIfTI's affine maps voxels to RAS+; DICOM patient coordinates are LPS+. Plane k is
+    `data[:, :, k].T`, so a row runs along the first voxel axis.
+    """
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    along_i, along_j = lps[:3, 0], lps[:3, 1]
+    spacing = (float(np.linalg.norm(along_j)), float(np.linalg.norm(along_i)))
+    orientation = tuple(float(v) for v in (*along_i / spacing[1], *along_j / spacing[0]))
+    series = generate_uid(entropy_srcs=[path])
+    units = {"CT": "HU", "PT": "GML"}.get(modality, "stored")
+    return [SliceHeader(
+        path=path, sop_instance_uid=generate_uid(entropy_srcs=[path, str(k)]), frame=0,
+        n_frames=1, series_uid=series, study_uid=series, frame_of_reference_uid=None,
+        sop_class_uid="", transfer_syntax_uid="", modality=modality, rows=shape[1],
+        columns=shape[0], bits_allocated=32, bits_stored=32, signed=True,
+        position_mm=tuple(float(v) for v in lps @ np.array([0, 0, k, 1.0]))[:3],
+        orientation=orientation, spacing_mm=spacing, slice_thickness_mm=float(
+            np.linalg.norm(lps[:3, 2])), expected_count=shape[2], instance_number=k + 1,
+        rescale=Rescale(), units=units, series_description="NIfTI", patient=Patient())
+        for k in range(shape[2])]
+
+
+def find_cases(paths: Iterable[Path], modality: str,
+               tumour_labels: Sequence[int] | None = None) -> list[DicomCase | NiftiCase]:
+    """Every case under `paths`, of the given modality."""
+    cases: list[DicomCase | NiftiCase] = []
+    for path in map(Path, paths):
+        if (path / "dataset.json").exists():
+            cases += _decathlon(path, modality, tumour_labels)
+        elif (path / "mask.npz").exists():
+            cases.append(DicomCase(path))
+        else:
+            for folder in sorted(p for p in path.iterdir() if (p / "mask.npz").exists()):
+                truth = folder / "truth.json"
+                if not truth.exists() or json.loads(truth.read_text())["modality"] == modality:
+                    cases.append(DicomCase(folder))
+    if not cases:
+        raise ModelError(f"no {modality} cases found under {', '.join(map(str, paths))}: "
+                         "expected series folders with mask.npz, or a Decathlon dataset.json")
+    return cases
+
+
+def _decathlon(root: Path, modality: str, tumour_labels) -> list[NiftiCase]:
+    info = json.loads((root / "dataset.json").read_text())
+    modalities = {int(k): v.upper() for k, v in info.get("modality", {}).items()}
+    channel = next((k for k, v in modalities.items() if v.startswith(modality[:2])), None)
+    if modality == "PT":
+        channel = next((k for k, v in modalities.items() if v in ("PET", "PT")), channel)
+    if channel is None:
+        raise ModelError(f"{root}/dataset.json: no {modality} channel in modality "
+                         f"{info.get('modality')}")
+    if tumour_labels is None:
+        tumour_labels = tuple(int(k) for k, v in info.get("labels", {}).items()
+                              if TUMOUR_WORDS.search(str(v)))
+    if not tumour_labels:
+        raise ModelError(f"{root}/dataset.json: no label names a tumour in "
+                         f"{info.get('labels')}; name them with --tumour-labels")
+    return [NiftiCase(root / item["image"], root / item["label"], modality,
+                      tuple(tumour_labels), channel) for item in info["training"]]
+
+
+def prepare(case: DicomCase | NiftiCase, spec: ModelSpec) -> CaseData:
+    """Read one case and bring images and masks onto the network grid."""
+    planes, masks = case.slices()
+    images, grid_masks = [], []
+    for plane, mask in zip(planes, masks, strict=True):
+        image, grid = preprocess(plane, spec)
+        images.append(image.astype(np.float16))
+        grid_masks.append(resample(mask.astype(np.float32), grid, antialias=False) >= 0.5)
+    return CaseData(case.name, np.stack(images), np.stack(grid_masks).astype(np.uint8))
+
+
+def load_all(cases: Sequence, spec: ModelSpec, workers: int = 1) -> list[CaseData]:
+    """Prepare every case, in `workers` processes, with a progress bar."""
+    bar = tqdm(total=len(cases), desc="preparing cases", unit="case")
+    if workers <= 1:
+        out = []
+        for case in cases:
+            out.append(prepare(case, spec))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            out = []
+            for data in pool.map(prepare, cases, [spec] * len(cases)):
+                out.append(data)
+                bar.update()
+    bar.close()
+    return out
+
+
+def digest(cases: Sequence) -> str:
+    """Identifies a training set: names and sizes of every file in it."""
+    h = hashlib.sha256()
+    for case in sorted(cases, key=lambda c: c.name):
+        files = case.files() if isinstance(case, DicomCase) else [case.image, case.label]
+        extra = [case.folder / "mask.npz"] if isinstance(case, DicomCase) else []
+        for path in [*files, *extra]:
+            h.update(f"{case.name}/{Path(path).name}:{Path(path).stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def split_by_patient(cases: Sequence, fraction: float, seed: int) -> tuple[list, list]:
+    """(training, validation): whole cases, never slices of one case on both sides."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = max(1, round(fraction * len(cases))) if len(cases) > 1 else 0
+    val = {int(i) for i in order[:n_val]}
+    return ([c for i, c in enumerate(cases) if i not in val],
+            [c for i, c in enumerate(cases) if i in val])
+
+
+class Sampler:
+    """Batches of (image, mask, tumour) crops; a share of them centred near a lesion."""
+
+    def __init__(self, cases: Sequence[CaseData], crop: int | None, positive_fraction: float,
+                 rng: np.random.Generator):
+        self.cases, self.crop, self.rng = cases, crop, rng
+        self.positive_fraction = positive_fraction
+        self.index = [(c, s) for c, case in enumerate(cases) for s in range(len(case.images))]
+        self.positives = [(c, s) for c, case in enumerate(cases)
+                          for s in np.flatnonzero(case.tumour)]
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images, masks = [], []
+        for _ in range(size):
+            positive = self.positives and self.rng.random() < self.positive_fraction
+            pool = self.positives if positive else self.index
+            c, s = pool[self.rng.integers(len(pool))]
+            image, mask = self._crop(self.cases[c].images[s], self.cases[c].masks[s], positive)
+            images.append(image)
+            masks.append(mask)
+        masks = np.stack(masks)[:, None].astype(np.float32)
+        tumour = masks.reshape(size, -1).max(axis=1, keepdims=True)
+        return np.stack(images).astype(np.float32), masks, tumour
+
+    def _crop(self, image, mask, positive):
+        size = image.shape[-1]
+        if not self.crop or self.crop >= size:
+            return image, mask
+        if positive:
+            rows, cols = np.nonzero(mask)
+            k = self.rng.integers(len(rows))
+            jitter = self.rng.integers(-self.crop // 3, self.crop // 3 + 1, 2)
+            top = rows[k] - self.crop // 2 + jitter[0]
+            left = cols[k] - self.crop // 2 + jitter[1]
+        else:
+            top, left = self.rng.integers(0, size - self.crop + 1, 2)
+        top = int(np.clip(top, 0, size - self.crop))
+        left = int(np.clip(left, 0, size - self.crop))
+        window = (slice(top, top + self.crop), slice(left, left + self.crop))
+        return image[(slice(None), *window)], mask[window]

@@ -1,0 +1,197 @@
+"""`scanside eval`: lesion- and series-level performance on series with ground truth.
+
+Each series is analysed exactly as `scanside analyze` does it. A finding hits a true
+lesion when its centre lies within max(5 mm, 0.75 x the lesion's diameter) of the
+lesion's centre; findings are matched greedily from the most probable, each lesion at
+most once, so the matches at any probability cut-off are those of the full list cut
+there. Reported per modality: lesion sensitivity (all, >= 10 mm) and false positives per
+scan at the model's operating point, the FROC curve, series-level sensitivity,
+specificity and AUC, and pixel Dice on the network grid.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.backends.base import Backend
+from edge.inference.preprocess import resample
+from edge.inference.series import predict, summarise
+from edge.values import Finding
+from models.data import DicomCase
+from models.train import auc
+
+FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def hit_radius_mm(diameter_mm: float) -> float:
+    return max(5.0, 0.75 * diameter_mm)
+
+
+def match(truth: Sequence[dict], findings: Sequence[Finding]) -> list[int | None]:
+    """For each finding (most probable first), the index of the lesion it hits, or None."""
+    taken: set[int] = set()
+    matches: list[int | None] = []
+    for finding in sorted(findings, key=lambda f: -f.probability):
+        best, best_distance = None, np.inf
+        for i, lesion in enumerate(truth):
+            distance = float(np.linalg.norm(np.subtract(finding.center_mm, lesion["center_mm"])))
+            if i not in taken and distance <= hit_radius_mm(lesion["diameter_mm"]) \
+                    and distance < best_distance:
+                best, best_distance = i, distance
+        if best is not None:
+            taken.add(best)
+        matches.append(best)
+    return matches
+
+
+@dataclass
+class CaseResult:
+    name: str
+    modality: str
+    truth: list[dict]
+    findings: list[Finding]                   # most probable first
+    matches: list[int | None]                 # lesion hit by each finding
+    status: str
+    dice_parts: tuple[float, float, float] = (0.0, 0.0, 0.0)   # intersection, predicted, true
+    reason: str | None = None
+
+    @property
+    def score(self) -> float:
+        return max((f.probability for f in self.findings), default=0.0)
+
+
+def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
+    """Analyse one series folder (DICOM + truth.json + mask.npz) and score it."""
+    case = DicomCase(folder)
+    truth = json.loads((folder / "truth.json").read_text())
+    planes, masks = case.slices()
+    prediction = predict(planes, backend)
+    result = summarise(prediction, backend, dict(
+        series_uid=truth["series_uid"], study_uid=truth.get("study_uid", ""),
+        modality=truth["modality"], n_slices=len(planes)))
+    by_key = {p.header.instance_key: m for p, m in zip(planes, masks, strict=True)}
+    threshold = backend.spec.thresholds.lesion_probability
+    intersection = predicted = true = 0.0
+    for plane, slice_prediction in zip(prediction.planes, prediction.predictions, strict=True):
+        mask = resample(by_key[plane.header.instance_key].astype(np.float32),
+                        slice_prediction.grid, antialias=False) >= 0.5
+        hit = slice_prediction.lesion_probability >= threshold
+        intersection += (hit & mask).sum()
+        predicted += hit.sum()
+        true += mask.sum()
+    findings = sorted(result.findings, key=lambda f: -f.probability)
+    return CaseResult(folder.name, truth["modality"], truth["lesions"], findings,
+                      match(truth["lesions"], findings), result.status,
+                      (intersection, predicted, true), result.reason)
+
+
+def evaluate(folders: Sequence[Path], backend: Backend) -> list[CaseResult]:
+    return [evaluate_case(f, backend) for f in tqdm(folders, desc="evaluating", unit="series")]
+
+
+def froc(cases: Sequence[CaseResult]) -> list[dict]:
+    """(threshold, sensitivity, false positives per scan) at every finding probability."""
+    lesions = sum(len(c.truth) for c in cases)
+    marks = sorted(((f.probability, m is not None) for c in cases
+                    for f, m in zip(c.findings, c.matches, strict=True)), reverse=True)
+    points, hits, false = [], 0, 0
+    for probability, hit in marks:
+        hits += hit
+        false += not hit
+        points.append({"threshold": probability, "sensitivity": hits / max(lesions, 1),
+                       "fp_per_scan": false / max(len(cases), 1)})
+    return points
+
+
+def sensitivity_at(points: Sequence[dict], fp_per_scan: float) -> float:
+    """The best sensitivity with no more than `fp_per_scan` false positives per scan."""
+    return max((p["sensitivity"] for p in points if p["fp_per_scan"] <= fp_per_scan), default=0.0)
+
+
+def metrics(cases: Sequence[CaseResult]) -> dict:
+    """Everything the model card reports, for one modality."""
+    lesions = [(lesion, any(m == i for m in c.matches)) for c in cases
+               for i, lesion in enumerate(c.truth)]
+    large = [hit for lesion, hit in lesions if lesion["diameter_mm"] >= 10]
+    false = sum(m is None for c in cases for m in c.matches)
+    positive = np.array([bool(c.truth) for c in cases])
+    called = np.array([c.status == "positive" for c in cases])
+    failed = [c.name for c in cases if c.status == "failed"]
+    inter, pred, true = (sum(c.dice_parts[k] for c in cases) for k in range(3))
+    points = froc(cases)
+    return {
+        "series": len(cases), "positive_series": int(positive.sum()),
+        "lesions": len(lesions), "lesions_10mm_or_more": len(large),
+        "lesion_sensitivity": _ratio(sum(hit for _, hit in lesions), len(lesions)),
+        "lesion_sensitivity_10mm_or_more": _ratio(sum(large), len(large)),
+        "false_positives_per_scan": false / max(len(cases), 1),
+        "froc": {f"{rate:g}": sensitivity_at(points, rate) for rate in FROC_FP_RATES},
+        "series_sensitivity": _ratio(int((called & positive).sum()), int(positive.sum())),
+        "series_specificity": _ratio(int((~called & ~positive).sum()), int((~positive).sum())),
+        "series_auc": auc(np.array([c.score for c in cases]), positive),
+        "dice": 2 * inter / (pred + true) if pred + true else 1.0,
+        "failed_series": failed,
+        "missed": [{"case": c.name, **lesion} for c in cases for i, lesion in enumerate(c.truth)
+                   if not any(m == i for m in c.matches)],
+    }
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else float("nan")
+
+
+@dataclass
+class Report:
+    by_modality: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = ["| modality | series | lesions | sens. all | sens. >=10 mm | FP/scan | "
+                "sens. @0.5 FP | series sens. | series spec. | AUC | Dice |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for modality, m in sorted(self.by_modality.items()):
+            rows.append(
+                f"| {modality} | {m['series']} | {m['lesions']} | {m['lesion_sensitivity']:.3f} "
+                f"| {m['lesion_sensitivity_10mm_or_more']:.3f} | "
+                f"{m['false_positives_per_scan']:.2f} | {m['froc']['0.5']:.3f} | "
+                f"{m['series_sensitivity']:.3f} | {m['series_specificity']:.3f} | "
+                f"{m['series_auc']:.3f} | {m['dice']:.3f} |")
+        return "\n".join(rows)
+
+
+def write_report(results: dict[str, list[CaseResult]], out: Path) -> Report:
+    """eval.json, eval.md (the table) and froc.png in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report({modality: metrics(cases) for modality, cases in results.items()})
+    (out / "eval.json").write_text(json.dumps(report.by_modality, indent=2) + "\n")
+    (out / "eval.md").write_text(report.table() + "\n")
+    plot_froc({m: froc(c) for m, c in results.items()}, out / "froc.png")
+    return report
+
+
+def plot_froc(curves: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 4.5))
+    for modality, points in sorted(curves.items()):
+        axis.step([p["fp_per_scan"] for p in points], [p["sensitivity"] for p in points],
+                  where="post", label=modality)
+    axis.axvline(0.5, color="grey", linestyle=":", label="0.5 FP/scan")
+    axis.set_xscale("symlog", linthresh=0.1)
+    axis.set_xlabel("false positives per scan")
+    axis.set_ylabel("lesion sensitivity")
+    axis.set_ylim(0, 1.02)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    axis.set_title("FROC")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

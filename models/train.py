@@ -1,0 +1,270 @@
+"""`scanside train`: fit a detection network to cases on disk.
+
+Loss: soft Dice + binary cross-entropy on the lesion map, plus cross-entropy on the
+slice-level tumour head. Sampling oversamples slices with lesions and crops around them;
+every batch is augmented (`augment.py`). The validation split is by patient. Each epoch
+ends with validation, `last.pt` (for --resume) and, when validation Dice improves,
+`model.pt` (the slim inference checkpoint). Runs on CPU or CUDA; under `torchrun` it
+trains data-parallel with DistributedDataParallel (gloo on CPU, NCCL on GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import distributed as dist
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from edge.inference.spec import Intensity, ModelSpec
+from models.augment import AugmentConfig, augment
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.data import CaseData, Sampler, digest, find_cases, load_all, split_by_patient
+from models.network import DetectionNet, NetworkConfig
+
+DEFAULT_SPECS = {
+    "CT": ModelSpec("CT", 256, 1.6, Intensity("ct_windows", ((-160.0, 240.0), (-1000.0, 1000.0))),
+                    name="scanside-ct"),
+    "MR": ModelSpec("MR", 256, 1.6, Intensity("mr_zscore", clip=5.0), name="scanside-mr"),
+    "PT": ModelSpec("PT", 128, 4.0, Intensity("pet_suv", clip=4.0, scale=5.0), name="scanside-pt"),
+}
+DEFAULT_CROP = {"CT": 160, "MR": 160, "PT": 96}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    modality: str
+    data: tuple[Path, ...]
+    out: Path
+    network: NetworkConfig = NetworkConfig(base_channels=8, depth=5, max_channels=128)
+    spec: ModelSpec | None = None
+    epochs: int = 30
+    steps_per_epoch: int = 100
+    batch_size: int = 16
+    crop: int | None = None
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    positive_fraction: float = 0.5
+    val_fraction: float = 0.15
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 2
+    init_encoder: Path | None = None
+    freeze_encoder_epochs: int = 0
+    resume: bool = False
+    tumour_labels: tuple[int, ...] | None = None
+    augment: AugmentConfig = AugmentConfig()
+
+
+def train(config: TrainConfig) -> Path | None:
+    """Train, checkpointing every epoch; returns the path of the best model (None in the
+    other processes of a distributed run)."""
+    rank, world, device = _distributed(config.device)
+    torch.manual_seed(config.seed + rank)
+    generator = torch.Generator().manual_seed(config.seed + rank)
+    rng = np.random.default_rng(config.seed + rank)
+    cases = find_cases(config.data, config.modality, config.tumour_labels)
+    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
+    spec = replace(config.spec or DEFAULT_SPECS[config.modality], training_data={
+        "digest": digest(cases), "cases": len(cases), "validation_cases": len(val_cases),
+        "sources": [str(p) for p in config.data], "seed": config.seed})
+    workers = config.workers if rank == 0 else 1
+    train_data = load_all(train_cases, spec, workers)
+    val_data = load_all(val_cases, spec, workers) if rank == 0 else []
+    net = DetectionNet(replace(config.network, in_channels=spec.channels)).to(device)
+    if config.init_encoder and not config.resume:
+        copied = transfer_encoder(net, load_checkpoint(config.init_encoder).build())
+        _say(rank, f"encoder initialised from {config.init_encoder}: {len(copied)} tensors")
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    start, history, best = 0, [], -1.0
+    last = config.out / "last.pt"
+    if config.resume and last.exists():
+        start, history, best = _resume(last, net, optimizer, generator, rng, device)
+        _say(rank, f"resumed from {last} after epoch {start}")
+    model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    sampler = Sampler(train_data, config.crop or DEFAULT_CROP[config.modality],
+                      config.positive_fraction, rng)
+    total = config.epochs * config.steps_per_epoch
+    for epoch in range(start, config.epochs):
+        frozen = epoch < config.freeze_encoder_epochs
+        net.train()
+        set_encoder_trainable(net, not frozen)
+        losses = []
+        bar = tqdm(range(config.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
+                   unit="step", disable=rank != 0)
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(config, epoch * config.steps_per_epoch + step, total)
+            images, masks, tumour = (torch.from_numpy(a) for a in sampler.batch(config.batch_size))
+            images, masks = augment(images, masks, config.augment, generator)
+            tumour = masks.flatten(1).amax(dim=1, keepdim=True)   # what survived the warp
+            lesion_logits, tumour_logits = model(images.to(device))
+            loss = detection_loss(lesion_logits, tumour_logits, masks.to(device),
+                                  tumour.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if rank == 0:
+            metrics = validate(net, val_data, device)
+            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                            "encoder_frozen": frozen, **metrics})
+            improved = metrics["val_dice"] > best
+            best = max(best, metrics["val_dice"])
+            checkpoint = Checkpoint(net.config, spec, net.state_dict(), epoch + 1,
+                                    optimizer.state_dict(), history,
+                                    {"torch": generator.get_state(),
+                                     "numpy": rng.bit_generator.state})
+            save_checkpoint(last, checkpoint)
+            if improved:
+                save_checkpoint(config.out / "model.pt", checkpoint, slim=True)
+            _say(rank, f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}, validation "
+                       f"Dice {metrics['val_dice']:.4f}, slice AUC {metrics['val_slice_auc']}"
+                       + (" (best)" if improved else ""))
+        if world > 1:
+            dist.barrier()
+    if rank == 0:
+        (config.out / "spec.json").write_text(spec.to_json() + "\n")
+        (config.out / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        plot_history(history, config.out / "training.png")
+    if world > 1:
+        dist.destroy_process_group()
+    return config.out / "model.pt" if rank == 0 else None
+
+
+def detection_loss(lesion_logits: torch.Tensor, tumour_logits: torch.Tensor,
+                   masks: torch.Tensor, tumour: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + BCE on lesion pixels, BCE on the slice-level tumour head."""
+    probability = torch.sigmoid(lesion_logits)
+    intersection = (probability * masks).sum()
+    dice = 1 - (2 * intersection + 1) / (probability.sum() + masks.sum() + 1)
+    bce = F.binary_cross_entropy_with_logits(lesion_logits, masks,
+                                             pos_weight=torch.tensor(3.0, device=masks.device))
+    head = F.binary_cross_entropy_with_logits(tumour_logits, tumour)
+    return dice + bce + 0.3 * head
+
+
+@torch.no_grad()
+def validate(net: DetectionNet, cases: list[CaseData], device, batch: int = 16) -> dict:
+    """Pixel Dice over all validation slices and the slice-level head's AUC."""
+    net.eval()
+    intersection = predicted = truth = 0.0
+    scores, labels = [], []
+    for case in cases:
+        for start in range(0, len(case.images), batch):
+            images = torch.from_numpy(case.images[start:start + batch].astype(np.float32))
+            lesion, tumour = net(images.to(device))
+            hit = (torch.sigmoid(lesion[:, 0]) >= 0.5).cpu().numpy()
+            mask = case.masks[start:start + batch].astype(bool)
+            intersection += (hit & mask).sum()
+            predicted += hit.sum()
+            truth += mask.sum()
+            scores += torch.sigmoid(tumour[:, 0]).cpu().tolist()
+            labels += mask.reshape(len(mask), -1).any(axis=1).tolist()
+    dice = 2 * intersection / (predicted + truth) if predicted + truth else 1.0
+    area = auc(np.array(scores), np.array(labels))
+    return {"val_dice": float(dice), "val_slice_auc": None if np.isnan(area) else area}
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U), ties counted as half."""
+    positive, negative = scores[labels.astype(bool)], scores[~labels.astype(bool)]
+    if not len(positive) or not len(negative):
+        return float("nan")
+    greater = (positive[:, None] > negative[None, :]).sum()
+    ties = (positive[:, None] == negative[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(positive) * len(negative)))
+
+
+def transfer_encoder(target: DetectionNet, source: DetectionNet) -> list[str]:
+    """Copy the encoder weights of `source` into `target`; returns the copied names.
+
+    A stem with another number of input channels (CT's two windows into a one-channel
+    PET model, say) gets the source's stem averaged over its input channels.
+    """
+    own = target.state_dict()
+    copied = []
+    for name, tensor in source.state_dict().items():
+        if not name.startswith("encoder.") or name not in own:
+            continue
+        if tensor.shape != own[name].shape:
+            if name.endswith("stem.conv1.weight") or name.endswith("stem.skip.0.weight"):
+                tensor = tensor.mean(dim=1, keepdim=True).expand_as(own[name]).clone()
+            else:
+                continue
+        own[name] = tensor.clone()
+        copied.append(name)
+    target.load_state_dict(own)
+    return copied
+
+
+def set_encoder_trainable(net: DetectionNet, trainable: bool) -> None:
+    """Freeze or release the encoder; a frozen encoder also keeps its BatchNorm statistics."""
+    for parameter in net.encoder.parameters():
+        parameter.requires_grad_(trainable)
+    net.encoder.train(trainable and net.training)
+
+
+def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
+    warmup = min(100, total // 10)
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _resume(path, net, optimizer, generator, rng, device):
+    checkpoint = load_checkpoint(path, str(device))
+    net.load_state_dict(checkpoint.state)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    generator.set_state(checkpoint.random_state["torch"])
+    rng.bit_generator.state = checkpoint.random_state["numpy"]
+    best = max((h["val_dice"] for h in checkpoint.history), default=-1.0)
+    return checkpoint.epoch, checkpoint.history, best
+
+
+def _distributed(device: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device(device)
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl")
+        return dist.get_rank(), world, torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return dist.get_rank(), world, torch.device("cpu")
+
+
+def _say(rank: int, message: str) -> None:
+    if rank == 0:
+        tqdm.write(message)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    epochs = [h["epoch"] for h in history]
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(epochs, [h["train_loss"] for h in history], "b-", label="training loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss", color="b")
+    right = left.twinx()
+    right.plot(epochs, [h["val_dice"] for h in history], "r-", label="validation Dice")
+    right.set_ylabel("validation Dice", color="r")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

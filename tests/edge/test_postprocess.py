@@ -1,0 +1,98 @@
+"""Postprocessing: 3D lesions in patient coordinates from per-slice probability maps."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from edge.inference.postprocess import find_lesions, lesions_on_slice
+from edge.inference.preprocess import slice_grid
+from edge.inference.spec import Intensity, ModelSpec, Thresholds
+from edge.values import SlicePrediction
+from tests.edge.test_geometry import plane
+
+SPEC = ModelSpec("CT", 64, 1.0, Intensity("ct_windows", ((-100.0, 100.0),)),
+                 thresholds=Thresholds(lesion_probability=0.5, min_volume_mm3=20))
+ROTATED = (0.8660254, 0.5, 0.0, -0.5, 0.8660254, 0.0)      # axial, turned 30 degrees
+
+
+def series(orientation, origin, n=30, step=1.0):
+    """Headers of an axial stack whose first pixel sits at `origin`."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    return [replace(plane(0.0, orientation, i), rows=64, columns=64, spacing_mm=(1.0, 1.0),
+                    position_mm=tuple(np.add(origin, normal * step * i)))
+            for i in range(n)]
+
+
+def predictions(headers, spheres):
+    """Probability maps with each (centre, radius, probability) sphere painted in."""
+    out = []
+    for h in headers:
+        grid = slice_grid(h, SPEC.size, SPEC.spacing_mm)
+        uv = np.stack(np.meshgrid(np.arange(64), np.arange(64), indexing="ij"), -1).reshape(-1, 2)
+        points = grid.to_patient(uv)
+        probability = np.zeros(64 * 64)
+        for centre, radius, p in spheres:
+            probability[np.linalg.norm(points - centre, axis=1) <= radius] = p
+        out.append(SlicePrediction(h.instance_key, np.rint(probability.reshape(64, 64) * 255)
+                                   .astype(np.uint8), float(probability.max()), grid))
+    return out
+
+
+@pytest.mark.parametrize("orientation,origin", [
+    ((-1, 0, 0, 0, -1, 0), (140.0, 95.0, -612.5)),       # prone, far from the origin
+    (ROTATED, (-20.0, -45.0, 880.0)),                     # rotated in plane
+], ids=["prone", "rotated"])
+def test_centre_size_and_slices_of_a_sphere_in_patient_coordinates(orientation, origin):
+    headers = series(orientation, origin)
+    grid = slice_grid(headers[12], 64, 1.0)
+    centre = grid.to_patient(np.array([[40.3, 22.7]]))[0]   # a point inside slice 12
+    (finding,) = find_lesions(predictions(headers, [(centre, 6.0, 0.9)]), 1.0, SPEC)
+    assert finding.center_mm == pytest.approx(centre, abs=0.6)
+    assert finding.volume_mm3 == pytest.approx(4 / 3 * np.pi * 6**3, rel=0.1)
+    assert finding.diameter_mm == pytest.approx(12.0, rel=0.05)
+    assert finding.probability == pytest.approx(0.9, abs=0.01)
+    assert finding.slices == (7, 17)
+    assert finding.key_slice == 12
+
+
+def test_the_outline_lies_on_the_original_pixels_of_the_key_slice():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    centre = np.array([5.0, -8.0, 15.0])
+    (finding,) = find_lesions(predictions(headers, [(centre, 5.0, 0.8)]), 1.0, SPEC)
+    key = headers[finding.key_slice]
+    outline = np.array(finding.outline)
+    # pixel (r, c) of this series is at (x, y) = (-31.5 + c, -31.5 + r)
+    radii = np.hypot(-31.5 + outline[:, 1] - centre[0], -31.5 + outline[:, 0] - centre[1])
+    assert key.position_mm[2] == pytest.approx(15.0)
+    assert len(outline) >= 8
+    assert radii == pytest.approx(np.full(len(radii), 5.0), abs=1.0)
+
+
+def test_components_below_the_minimum_volume_are_dropped():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    found = find_lesions(predictions(headers, [((0, 0, 15.0), 1.2, 0.9),
+                                               ((15, 15, 15.0), 5.0, 0.7)]), 1.0, SPEC)
+    assert [round(f.probability, 2) for f in found] == [0.7]
+
+
+def test_separate_lesions_come_out_most_probable_first():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    found = find_lesions(predictions(headers, [((-15, -15, 10.0), 4.0, 0.6),
+                                               ((15, 15, 20.0), 4.0, 0.95)]), 1.0, SPEC)
+    assert [round(f.probability, 2) for f in found] == [0.95, 0.6]
+    assert found[0].center_mm == pytest.approx((15, 15, 20), abs=0.6)
+
+
+def test_nothing_above_threshold_means_no_lesion():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    assert find_lesions(predictions(headers, [((0, 0, 15.0), 6.0, 0.3)]), 1.0, SPEC) == []
+
+
+def test_a_lesion_on_one_slice_has_the_diameter_of_its_area():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0), n=1)
+    (on_slice,) = lesions_on_slice(predictions(headers, [((4, 4, 0.0), 8.0, 0.85)])[0], SPEC)
+    assert on_slice.diameter_mm == pytest.approx(16.0, rel=0.05)
+    assert on_slice.center_mm == pytest.approx((4, 4, 0), abs=0.5)

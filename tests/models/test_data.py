@@ -1,0 +1,89 @@
+"""Training data: Decathlon NIfTI and DICOM-with-mask layouts, patient-level splits."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel
+import numpy as np
+import pytest
+
+from edge.errors import ModelError
+from edge.inference.spec import Intensity, ModelSpec
+from models.data import DicomCase, NiftiCase, find_cases, prepare, split_by_patient
+
+CT32 = ModelSpec("CT", 32, 4.0, Intensity("ct_windows", ((-100.0, 200.0),)))
+
+
+def decathlon(root, n=2, labels=None):
+    """A Decathlon-style CT dataset: a body of 40 HU, a tumour (label 2) at RAS (20, -10, z)."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    affine = np.diag([-2.0, 2.0, 5.0, 1.0])           # i runs right-to-left in RAS: x flips
+    affine[:3, 3] = [60.0, -60.0, -20.0]
+    training = []
+    for k in range(n):
+        image = np.full((60, 60, 8), -1000, np.int16)
+        image[10:50, 10:50, :] = 40
+        label = np.zeros(image.shape, np.uint8)
+        label[10:50, 10:50, :] = 1                         # the organ
+        i, j = 20, 25                                      # RAS x = 60 - 2i = 20, y = -10
+        image[i - 2:i + 3, j - 2:j + 3, 3:6] = 150
+        label[i - 2:i + 3, j - 2:j + 3, 3:6] = 2
+        for name, data in (("imagesTr", image), ("labelsTr", label)):
+            nibabel.save(nibabel.Nifti1Image(data, affine), root / name / f"case_{k:03d}.nii.gz")
+        training.append({"image": f"./imagesTr/case_{k:03d}.nii.gz",
+                         "label": f"./labelsTr/case_{k:03d}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "modality": {"0": "CT"}, "labels": labels or {"0": "background", "1": "liver",
+                                                       "2": "cancer"},
+        "training": training}))
+    return root
+
+
+def test_decathlon_cases_are_found_with_their_tumour_labels(tmp_path):
+    cases = find_cases([decathlon(tmp_path)], "CT")
+    assert [type(c) for c in cases] == [NiftiCase, NiftiCase]
+    assert cases[0].tumour_labels == (2,)
+
+
+def test_decathlon_without_a_tumour_label_name_asks_for_them(tmp_path):
+    root = decathlon(tmp_path, labels={"0": "background", "1": "liver", "2": "thing"})
+    with pytest.raises(ModelError, match="--tumour-labels"):
+        find_cases([root], "CT")
+    assert find_cases([root], "CT", tumour_labels=[2])[0].tumour_labels == (2,)
+
+
+def test_nifti_tumour_lands_where_its_ras_position_says_in_lps(tmp_path):
+    (case, _) = find_cases([decathlon(tmp_path)], "CT")
+    planes, masks = case.slices()
+    assert planes[4].header.position_mm[2] == pytest.approx(0.0)     # z = -20 + 5 k
+    data = prepare(case, CT32)
+    k = 4
+    u, v = np.argwhere(data.masks[k]).mean(axis=0)
+    from edge.inference.preprocess import slice_grid
+
+    grid = slice_grid(planes[k].header, 32, 4.0)
+    x, y, _ = grid.to_patient(np.array([[u, v]]))[0]
+    assert (x, y) == pytest.approx((-20.0, 10.0), abs=3.0)          # LPS = (-RAS x, -RAS y)
+    assert data.images[k, 0, int(round(u)), int(round(v))] > 0.6     # 150 HU in (-100, 200)
+    assert not data.masks[0].any() and data.tumour.tolist() == [False] * 3 + [True] * 3 + \
+        [False] * 2
+
+
+def test_dicom_case_with_a_mask_missing_a_plane_is_refused(pet_cases, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(pet_cases[0], tmp_path / "case")
+    saved = dict(np.load(folder / "mask.npz"))
+    np.savez(folder / "mask.npz", labels=saved["labels"][1:],
+             sop_instance_uids=saved["sop_instance_uids"][1:])
+    with pytest.raises(ModelError, match="mask.npz has no plane for SOPInstanceUID"):
+        DicomCase(folder).slices()
+
+
+def test_the_split_keeps_whole_patients_apart_and_is_seeded():
+    cases = [f"patient{i}" for i in range(20)]
+    train, val = split_by_patient(cases, 0.2, seed=4)
+    assert len(val) == 4 and not set(train) & set(val)
+    assert split_by_patient(cases, 0.2, seed=4) == (train, val)

@@ -1,0 +1,78 @@
+"""Evaluation metrics on hand-made cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from edge.values import Finding
+from models.evaluate import CaseResult, froc, match, metrics, sensitivity_at
+
+
+def lesion(x, diameter=20.0):
+    return {"center_mm": [x, 0.0, 0.0], "diameter_mm": diameter, "volume_mm3": 1.0}
+
+
+def finding(x, probability=0.9):
+    return Finding((x, 0.0, 0.0), 10.0, 500.0, probability, (0, 1), 0)
+
+
+def case(name, truth, findings, dice=(0.0, 0.0, 0.0)):
+    findings = sorted(findings, key=lambda f: -f.probability)
+    return CaseResult(name, "CT", truth, findings, match(truth, findings),
+                      "positive" if findings else "negative", dice)
+
+
+def test_a_hit_is_within_three_quarters_of_the_diameter_with_a_5_mm_floor():
+    assert match([lesion(0, 20)], [finding(14.9)]) == [0]       # 0.75 x 20 = 15 mm
+    assert match([lesion(0, 20)], [finding(15.1)]) == [None]
+    assert match([lesion(0, 4)], [finding(4.9)]) == [0]         # floor: 5 mm
+    assert match([lesion(0, 4)], [finding(5.1)]) == [None]
+
+
+def test_each_lesion_is_hit_once_and_the_most_probable_finding_takes_it():
+    assert match([lesion(0)], [finding(1, 0.9), finding(2, 0.6)]) == [0, None]
+
+
+def test_perfect_detection():
+    m = metrics([case("a", [lesion(0), lesion(100, 8)], [finding(0), finding(100)], (50, 50, 50)),
+                 case("b", [], [])])
+    assert m["lesion_sensitivity"] == 1.0 and m["lesion_sensitivity_10mm_or_more"] == 1.0
+    assert m["false_positives_per_scan"] == 0.0
+    assert m["series_sensitivity"] == 1.0 and m["series_specificity"] == 1.0
+    assert m["series_auc"] == 1.0 and m["dice"] == 1.0
+    assert m["froc"]["0.5"] == 1.0 and m["missed"] == []
+
+
+def test_nothing_found():
+    m = metrics([case("a", [lesion(0)], [], (0, 0, 30)), case("b", [], [])])
+    assert m["lesion_sensitivity"] == 0.0 and m["series_sensitivity"] == 0.0
+    assert m["series_specificity"] == 1.0 and m["dice"] == 0.0
+    assert m["series_auc"] == 0.5           # every score is 0: a coin toss
+    assert m["missed"] == [{"case": "a", **lesion(0)}]
+
+
+def test_one_false_positive_in_two_scans():
+    m = metrics([case("a", [lesion(0)], [finding(0, 0.9)]),
+                 case("b", [], [finding(50, 0.7)])])
+    assert m["lesion_sensitivity"] == 1.0
+    assert m["false_positives_per_scan"] == 0.5
+    assert m["series_specificity"] == 0.0
+    assert m["series_auc"] == 1.0           # the true positive still scores higher
+
+
+def test_froc_walks_down_the_probabilities():
+    cases = [case("a", [lesion(0), lesion(100)], [finding(0, 0.9), finding(50, 0.8),
+                                                  finding(100, 0.4)]),
+             case("b", [], [finding(10, 0.6)])]
+    points = froc(cases)
+    assert [(p["sensitivity"], p["fp_per_scan"]) for p in points] == [
+        (0.5, 0.0), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]
+    assert sensitivity_at(points, 0.5) == 0.5
+    assert sensitivity_at(points, 1.0) == 1.0
+
+
+def test_a_set_without_negatives_has_no_specificity():
+    assert math.isnan(metrics([case("a", [lesion(0)], [finding(0)])])["series_specificity"])
+    assert metrics([case("a", [lesion(0)], [finding(0)])])["series_auc"] != pytest.approx(0)

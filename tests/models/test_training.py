@@ -1,0 +1,130 @@
+"""Training: the loop learns, transfer learning copies the encoder, checkpoints resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.data import DicomCase, prepare
+from models.network import TINY, DetectionNet, NetworkConfig
+from models.train import (
+    TrainConfig,
+    detection_loss,
+    set_encoder_trainable,
+    train,
+    transfer_encoder,
+    validate,
+)
+from tests.models.conftest import TINY_PET
+
+
+def test_a_tiny_model_overfits_a_few_slices(pet_cases):
+    torch.manual_seed(0)
+    data = prepare(DicomCase(pet_cases[0]), TINY_PET)
+    keep = np.flatnonzero(data.tumour)[:3].tolist() + np.flatnonzero(~data.tumour)[:3].tolist()
+    assert len(keep) == 6, "the fixture case needs slices with and without lesions"
+    data.images, data.masks = data.images[keep], data.masks[keep]
+    images = torch.from_numpy(data.images.astype(np.float32))
+    masks = torch.from_numpy(data.masks[:, None].astype(np.float32))
+    tumour = masks.flatten(1).amax(dim=1, keepdim=True)
+    net = DetectionNet(TINY)
+    optimizer = torch.optim.Adam(net.parameters(), 1e-2)
+    dice_before = validate(net, [data], "cpu")["val_dice"]
+    losses = []
+    for _ in range(150):
+        net.train()
+        loss = detection_loss(*net(images), masks, tumour)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-10:]) < 0.4 * np.mean(losses[:10])
+    assert validate(net, [data], "cpu")["val_dice"] > max(0.6, dice_before + 0.3)
+
+
+def test_transfer_copies_exactly_the_encoder_weights():
+    source, target = DetectionNet(TINY), DetectionNet(TINY)
+    decoder_before = {k: v.clone() for k, v in target.state_dict().items()
+                      if not k.startswith("encoder.")}
+    copied = transfer_encoder(target, source)
+    encoder_keys = [k for k in source.state_dict() if k.startswith("encoder.")]
+    assert sorted(copied) == sorted(encoder_keys)
+    for key in encoder_keys:
+        assert torch.equal(target.state_dict()[key], source.state_dict()[key])
+    for key, before in decoder_before.items():
+        assert torch.equal(target.state_dict()[key], before)
+
+
+def test_transfer_from_a_two_channel_ct_model_averages_its_stem_for_one_channel():
+    ct = DetectionNet(NetworkConfig(in_channels=2, base_channels=4, depth=2, max_channels=16))
+    pet = DetectionNet(NetworkConfig(in_channels=1, base_channels=4, depth=2, max_channels=16))
+    transfer_encoder(pet, ct)
+    stem = "encoder.stem.conv1.weight"
+    assert torch.allclose(pet.state_dict()[stem], ct.state_dict()[stem].mean(dim=1, keepdim=True))
+
+
+def test_a_frozen_encoder_gets_no_gradient_and_keeps_its_statistics():
+    net = DetectionNet(TINY).train()
+    set_encoder_trainable(net, False)
+    stats = net.encoder.stem.norm1.running_mean.clone()
+    loss = detection_loss(*net(torch.randn(2, 1, 32, 32)), torch.zeros(2, 1, 32, 32),
+                          torch.zeros(2, 1))
+    loss.backward()
+    assert all(p.grad is None for p in net.encoder.parameters())
+    assert torch.equal(net.encoder.stem.norm1.running_mean, stats)
+    assert any(p.grad is not None for p in net.decoder.parameters())
+
+
+def tiny_config(pet_cases, out, **changes):
+    settings = dict(modality="PT", data=tuple(pet_cases), out=out, network=TINY, spec=TINY_PET,
+                    epochs=2, steps_per_epoch=3, batch_size=4, crop=None, workers=1,
+                    val_fraction=0.34)
+    return TrainConfig(**settings | changes)
+
+
+def test_training_writes_checkpoints_and_resumes_where_it_stopped(pet_cases, tmp_path):
+    train(tiny_config(pet_cases, tmp_path))
+    first = load_checkpoint(tmp_path / "last.pt")
+    assert first.epoch == 2 and len(first.history) == 2
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "training.png").exists()
+    model = load_checkpoint(tmp_path / "model.pt")
+    assert model.optimizer is None                               # slim: inference only
+    assert model.spec.training_data["cases"] == 3
+    assert len(model.spec.training_data["digest"]) == 64
+    train(tiny_config(pet_cases, tmp_path, epochs=3, resume=True))
+    resumed = load_checkpoint(tmp_path / "last.pt")
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert [h["train_loss"] for h in resumed.history[:2]] == \
+        [h["train_loss"] for h in first.history]
+
+
+def test_initialising_from_another_checkpoint_copies_its_encoder(pet_cases, tmp_path):
+    train(tiny_config(pet_cases, tmp_path / "source", epochs=1))
+    source = load_checkpoint(tmp_path / "source" / "model.pt").build()
+    train(tiny_config(pet_cases, tmp_path / "target", epochs=1, freeze_encoder_epochs=1,
+                      init_encoder=tmp_path / "source" / "model.pt"))
+    target = load_checkpoint(tmp_path / "target" / "model.pt").build()
+    for key, value in source.state_dict().items():
+        if key.startswith("encoder.") and "running" not in key and "num_batches" not in key:
+            assert torch.equal(value, target.state_dict()[key]), key  # frozen: unchanged
+    assert json.loads((tmp_path / "target" / "history.json").read_text())[0]["encoder_frozen"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_on_cpu(pet_cases, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "edge", "train", "--data", *map(str, pet_cases), "--modality", "PT",
+         "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2",
+         "--batch-size", "2", "--crop", "32", "--base-channels", "4", "--depth", "2",
+         "--workers", "1"], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "last.pt").epoch == 1
