@@ -53,8 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser(
         "analyze", help="offline analysis of DICOM files and folders, one result per series")
     analyze.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
-    analyze.add_argument("--backend", default="torch",
+    analyze.add_argument("--backend", default="auto",
                          choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    analyze.add_argument("--engines", type=Path, help="TensorRT engine folder")
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
     analyze.add_argument("--zoo", type=Path, help="model folder (default: the shipped zoo)")
     analyze.add_argument("--config", type=Path, help="TOML config (reader limits)")
@@ -94,6 +95,36 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="eval.json, eval.md, froc.png")
     evaluate.set_defaults(handler=_eval)
 
+    export = commands.add_parser("export", help="ONNX, FP16 ONNX, TensorRT engine, Triton")
+    steps = export.add_subparsers(dest="step", required=True, metavar="STEP")
+    step = steps.add_parser("onnx", help="checkpoint -> ONNX FP32, parity against torch")
+    step.add_argument("--model", type=Path, required=True, help="torch checkpoint")
+    step.add_argument("--out", type=Path, required=True)
+    step.add_argument("--data", type=Path, nargs="*", default=[], help="parity series")
+    step.set_defaults(handler=_export_onnx)
+    step = steps.add_parser("fp16", help="ONNX FP32 -> FP16, parity against FP32 on CPU")
+    step.add_argument("--onnx", type=Path, required=True)
+    step.add_argument("--out", type=Path, required=True)
+    step.add_argument("--data", type=Path, nargs="*", default=[], help="parity series")
+    step.set_defaults(handler=_export_fp16)
+    step = steps.add_parser("engine", help="FP16 ONNX -> TensorRT engine on this GPU box")
+    step.add_argument("--onnx", type=Path, help="FP16 ONNX (default: each zoo modality's)")
+    step.add_argument("--zoo", type=Path, help="model folder (default: the shipped zoo)")
+    step.add_argument("--engines", type=Path, required=True, help="engine folder")
+    step.add_argument("--if-needed", action="store_true",
+                      help="rebuild only when the manifest does not match this box")
+    step.add_argument("--max-batch", type=int, default=16)
+    step.add_argument("--workspace-mb", type=int, default=2048)
+    step.add_argument("--timing-cache", type=Path, help="reused across builds")
+    step.add_argument("--data", type=Path, nargs="*", default=[], help="parity series")
+    step.set_defaults(handler=_export_engine)
+    step = steps.add_parser("triton", help="a Triton Inference Server model repository")
+    step.add_argument("--onnx", type=Path, required=True)
+    step.add_argument("--engine", type=Path, help="serve this plan instead of the ONNX")
+    step.add_argument("--out", type=Path, required=True, help="repository folder")
+    step.add_argument("--max-batch", type=int, default=32)
+    step.set_defaults(handler=_export_triton)
+
     synth = commands.add_parser(
         "synth", help="write synthetic CT, MR or PET series with ground truth",
         description="Synthetic patients scanned as DICOM series: one folder per series with "
@@ -117,17 +148,20 @@ def _needs_torch(command: str) -> None:
                             "(pip install 'scanside[train]')") from None
 
 
-def _open_backend(kind: str, modality: str, zoo: Path | None):
-    """The backend for one modality's shipped model (torch for now; ONNX Runtime and
-    TensorRT join with the exported models)."""
+def _open_backend(kind: str, modality: str, zoo: Path | None, engines: Path | None = None):
+    """The backend for one modality's model: torch from the checkpoint, or what
+    `edge.backends.select` chooses among TensorRT and ONNX Runtime."""
+    from edge.backends.select import choose, open_backend, probe
     from edge.inference.zoo import DEFAULT_ZOO, model_file
 
-    if kind not in ("torch", "auto"):
-        raise ScansideError(f"backend {kind!r} is not available yet: use --backend torch")
-    _needs_torch("analyze")
-    from models.torch_backend import TorchBackend
+    zoo = zoo or DEFAULT_ZOO
+    if kind == "torch":
+        _needs_torch("analyze --backend torch")
+        from models.torch_backend import TorchBackend
 
-    return TorchBackend(model_file(zoo or DEFAULT_ZOO, modality, "model.pt"))
+        return TorchBackend(model_file(zoo, modality, "model.pt"))
+    model_file(zoo, modality, "model.onnx")          # a clear error when the model is absent
+    return open_backend(choose(kind, zoo / modality, engines, probe()))
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -143,7 +177,8 @@ def _analyze(args: argparse.Namespace) -> int:
         modality = found.series[uid].modality
         if modality not in backends:
             try:
-                backends[modality] = _open_backend(args.backend, modality, args.zoo)
+                backends[modality] = _open_backend(args.backend, modality, args.zoo,
+                                                   args.engines)
             except ModelError as error:
                 logging.getLogger("scanside").warning("%s", error)
                 backends[modality] = None
@@ -209,6 +244,97 @@ def _eval(args: argparse.Namespace) -> int:
     report = write_report(results, args.out)
     print(report.table())
     print(f"written to {args.out}")
+    return 0
+
+
+def _parity(reference, candidate, data: list[Path], tolerances, report_path: Path) -> int:
+    """Compare two backends on the series under `data`; write the report; 1 if it fails."""
+    from export.parity import compare, write_report
+
+    folders = sorted(f for root in data for f in ([root] if (root / "mask.npz").exists()
+                                                  else root.iterdir())
+                     if (f / "mask.npz").exists())
+    if not folders:
+        print("no parity series given (--data): parity not checked", file=sys.stderr)
+        return 0
+    report = compare(reference, candidate, folders, tolerances)
+    write_report(report, report_path)
+    print(json.dumps({k: report[k] for k in ("series", "max_abs_error", "reference_lesions",
+                                             "reference_lesions_found", "dice_reference",
+                                             "dice_candidate", "nan_or_inf", "passed")}))
+    if not report["passed"]:
+        print(f"parity FAILED: see {report_path}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    _needs_torch("export onnx")
+    from edge.backends.onnxruntime import OnnxRuntimeBackend
+    from export.onnx_export import export_onnx
+    from export.parity import TORCH_TO_ONNX
+    from models.torch_backend import TorchBackend
+
+    export_onnx(args.model, args.out)
+    print(f"wrote {args.out}")
+    with TorchBackend(args.model) as torch_model, \
+            OnnxRuntimeBackend(args.out, ["CPUExecutionProvider"]) as onnx_model:
+        return _parity(torch_model, onnx_model, args.data, TORCH_TO_ONNX,
+                       args.out.with_name("onnx-parity.json"))
+
+
+def _export_fp16(args: argparse.Namespace) -> int:
+    from edge.backends.onnxruntime import OnnxRuntimeBackend
+    from export.onnx_export import convert_fp16
+    from export.parity import FP32_TO_FP16
+
+    convert_fp16(args.onnx, args.out)
+    print(f"wrote {args.out}")
+    with OnnxRuntimeBackend(args.onnx, ["CPUExecutionProvider"]) as fp32, \
+            OnnxRuntimeBackend(args.out, ["CPUExecutionProvider"]) as fp16:
+        return _parity(fp32, fp16, args.data, FP32_TO_FP16,
+                       args.out.with_name("fp16-parity.json"))
+
+
+def _export_engine(args: argparse.Namespace) -> int:
+    from edge.backends.manifest import EngineManifest
+    from edge.backends.onnxruntime import OnnxRuntimeBackend
+    from edge.backends.select import engine_files
+    from edge.backends.tensorrt import TensorRTBackend
+    from edge.inference.zoo import DEFAULT_ZOO
+    from export.engine import ensure_engine, write_manifest
+    from export.onnx_export import metadata
+    from export.parity import Tolerances
+
+    if args.onnx:
+        sources = {json.loads(metadata(args.onnx)["scanside.spec"])["modality"]: args.onnx}
+    else:
+        zoo = args.zoo or DEFAULT_ZOO
+        sources = {d.name: d / "model.fp16.onnx" for d in sorted(zoo.iterdir())
+                   if (d / "model.fp16.onnx").exists()}
+    status = 0
+    for modality, onnx_path in sources.items():
+        plan, manifest_path = engine_files(args.engines, modality)
+        if not args.if_needed and plan.exists():
+            plan.unlink()
+        print(ensure_engine(onnx_path, args.engines, modality, max_batch=args.max_batch,
+                            workspace_mb=args.workspace_mb, timing_cache=args.timing_cache))
+        if args.data:
+            manifest = EngineManifest.load(manifest_path)
+            report_path = args.engines / f"{modality}.parity.json"
+            with OnnxRuntimeBackend(onnx_path) as reference, \
+                    TensorRTBackend(plan, manifest) as engine:
+                status |= _parity(reference, engine, args.data, Tolerances(dice_ratio=0.999),
+                                  report_path)
+            write_manifest(manifest, manifest_path, json.loads(report_path.read_text()))
+    return status
+
+
+def _export_triton(args: argparse.Namespace) -> int:
+    from export.triton import export_triton
+
+    folder = export_triton(args.onnx, args.out, args.max_batch, args.engine)
+    print(f"wrote {folder}")
     return 0
 
 

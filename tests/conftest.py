@@ -15,6 +15,14 @@ def reader_pool():
         yield pool
 
 
+@pytest.fixture(scope="session")
+def pet_cases(tmp_path_factory):
+    """Three synthetic PET series (truth.json, mask.npz), seed 5: real files, in seconds."""
+    from models.synthetic.series import synthesize
+
+    return synthesize("PT", 3, seed=5, out=tmp_path_factory.mktemp("pet"))
+
+
 @pytest.fixture
 def config_for(tmp_path):
     """A config whose inbox and state live under tmp_path, with optional overrides."""

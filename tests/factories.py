@@ -22,9 +22,12 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from edge.inference.spec import Intensity, ModelSpec
 from models.synthetic.dicom import Plane, SeriesIdentity, StorageConvention, Tracer, write_slice
 
 PYDICOM_DATA = Path(pydicom.data.__file__).parent
+# A PET model spec tiny enough that preparing and training take seconds.
+TINY_PET = ModelSpec("PT", 32, 16.0, Intensity("pet_suv", clip=4.0, scale=5.0), name="tiny")
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.backends.base import Backend
-from edge.errors import ScansideError
+from edge.errors import BackendError, ScansideError
 from edge.inference.postprocess import find_lesions
 from edge.inference.preprocess import preprocess
 from edge.series.geometry import SeriesGeometry, analyse_geometry
@@ -35,8 +35,13 @@ class SeriesPrediction:
 
 
 def predict(planes: Sequence[Slice], backend: Backend, batch_size: int = 8,
-            clock: Callable[[], float] = time.perf_counter) -> SeriesPrediction:
-    """Run the network over every slice, in anatomical order, `batch_size` at a time."""
+            clock: Callable[[], float] = time.perf_counter,
+            raw: list | None = None) -> SeriesPrediction:
+    """Run the network over every slice, in anatomical order, `batch_size` at a time.
+
+    The stored maps are quantised to uint8; pass a list as `raw` to also receive each
+    batch's float outputs (lesion, tumour), as parity checks need.
+    """
     geometry = analyse_geometry([p.header for p in planes])
     ordered = tuple(planes[i] for i in geometry.order)
     timings = {"preprocess": 0.0, "infer": 0.0}
@@ -48,6 +53,12 @@ def predict(planes: Sequence[Slice], backend: Backend, batch_size: int = 8,
         t1 = clock()
         lesion, tumour = backend.infer(np.stack(inputs))
         t2 = clock()
+        if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
+            raise BackendError(f"the {backend.name} backend gave NaN or infinite probabilities "
+                               f"for slices {start}-{start + len(chunk) - 1}: the analysis is "
+                               "not valid")
+        if raw is not None:
+            raw.append((lesion, tumour))
         timings["preprocess"] += (t1 - t0) * 1e3
         timings["infer"] += (t2 - t1) * 1e3
         for plane, grid, prob, tumour_p in zip(chunk, grids, lesion, tumour, strict=True):

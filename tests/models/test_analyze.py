@@ -11,8 +11,7 @@ import pytest
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.network import TINY
 from models.train import TrainConfig, train
-from tests.factories import tiny_series
-from tests.models.conftest import TINY_PET
+from tests.factories import TINY_PET, tiny_series
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from models.train import (
     transfer_encoder,
     validate,
 )
-from tests.models.conftest import TINY_PET
+from tests.factories import TINY_PET
 
 
 def test_a_tiny_model_overfits_a_few_slices(pet_cases):

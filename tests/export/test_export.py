@@ -1,0 +1,126 @@
+"""torch -> ONNX -> FP16 ONNX on a tiny model, each step checked against the one before."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edge.backends.base import Backend
+from edge.backends.onnxruntime import SPEC_KEY, OnnxRuntimeBackend
+from edge.inference.series import analyze_series
+from export.onnx_export import KEEP_FP32, convert_fp16, export_onnx, metadata
+from export.parity import FP32_TO_FP16, TORCH_TO_ONNX, compare
+from export.triton import export_triton
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.data import DicomCase
+from models.network import TINY
+from models.torch_backend import TorchBackend
+from models.train import TrainConfig, train
+from tests.factories import TINY_PET
+
+
+@pytest.fixture(scope="module")
+def exported(pet_cases, tmp_path_factory):
+    """A briefly trained tiny PET model as checkpoint, FP32 ONNX and FP16 ONNX."""
+    root = tmp_path_factory.mktemp("export")
+    checkpoint = train(TrainConfig(modality="PT", data=tuple(pet_cases), out=root / "run",
+                                   network=TINY, spec=TINY_PET, epochs=1, steps_per_epoch=8,
+                                   batch_size=4, crop=None, workers=1))
+    fp32 = export_onnx(checkpoint, root / "PT" / "model.onnx", max_batch=16)
+    fp16 = convert_fp16(fp32, root / "PT" / "model.fp16.onnx")
+    save_checkpoint(root / "PT" / "model.pt", load_checkpoint(checkpoint), slim=True)
+    return checkpoint, fp32, fp16
+
+
+def test_onnx_passes_the_checker_and_carries_the_spec_and_training_digest(exported):
+    checkpoint, fp32, _ = exported
+    model = onnx.load(fp32)
+    onnx.checker.check_model(model, full_check=True)
+    meta = metadata(fp32)
+    spec = json.loads(meta[SPEC_KEY])
+    assert spec["modality"] == "PT" and spec["size"] == 32
+    assert spec["thresholds"]["lesion_probability"] == 0.5
+    assert meta["scanside.training_data_digest"] == spec["training_data"]["digest"]
+    assert json.loads(meta["scanside.classes"]) == ["background", "tumour"]
+    assert meta["scanside.precision"] == "fp32"
+
+
+def test_onnx_batch_dimension_is_dynamic(exported):
+    with OnnxRuntimeBackend(exported[1], ["CPUExecutionProvider"]) as backend:
+        assert backend.inputs()[0].shape == (None, 1, 32, 32)
+        for n in (1, 5):
+            lesion, tumour = backend.infer(np.zeros((n, 1, 32, 32), np.float32))
+            assert lesion.shape == (n, 1, 32, 32) and tumour.shape == (n, 1)
+
+
+def test_onnx_runtime_matches_torch_within_1e4_and_finds_the_same_lesions(exported, pet_cases):
+    checkpoint, fp32, _ = exported
+    with TorchBackend(checkpoint) as reference, \
+            OnnxRuntimeBackend(fp32, ["CPUExecutionProvider"]) as candidate:
+        report = compare(reference, candidate, pet_cases, TORCH_TO_ONNX)
+    assert report["max_abs_error"] <= 1e-4
+    assert report["reference_lesions_found"] == report["reference_lesions"]
+    assert report["passed"] and not report["nan_or_inf"]
+
+
+def test_fp16_keeps_fp32_inputs_outputs_and_reductions(exported):
+    model = onnx.load(exported[2])
+    float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert {v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)} \
+        == {float32}
+    assert any(t.data_type == float16 for t in model.graph.initializer)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             (*model.graph.value_info, *model.graph.input, *model.graph.output)}
+    kept = [n for n in model.graph.node if n.op_type in KEEP_FP32]
+    assert kept, "the network's head has reductions"
+    for node in kept:        # the data input (the second input of a reduction is its axes)
+        assert types[node.input[0]] == types[node.output[0]] == float32, node.op_type
+    assert metadata(exported[2])["scanside.precision"] == "fp16"
+
+
+def test_fp16_parity_against_fp32_on_cpu(exported, pet_cases):
+    _, fp32, fp16 = exported
+    with OnnxRuntimeBackend(fp32, ["CPUExecutionProvider"]) as reference, \
+            OnnxRuntimeBackend(fp16, ["CPUExecutionProvider"]) as candidate:
+        report = compare(reference, candidate, pet_cases, FP32_TO_FP16)
+    assert report["candidate"]["provider"] == "CPUExecutionProvider"
+    assert report["reference_lesions_found"] == report["reference_lesions"]
+    assert not report["nan_or_inf"]
+    if report["dice_reference"]:
+        assert report["dice_candidate"] >= 0.999 * report["dice_reference"]
+    assert report["max_abs_error"] < 0.05
+
+
+class NaNModel(Backend):
+    """A broken model: what an FP16 overflow looks like from outside."""
+
+    name = "broken"
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def inputs(self):
+        return []
+
+    def infer(self, batch):
+        n = len(batch)
+        return np.full((n, 1, *batch.shape[2:]), np.nan, np.float32), np.zeros((n, 1), np.float32)
+
+
+def test_a_model_giving_nan_makes_the_series_failed_never_negative(pet_cases):
+    planes, _ = DicomCase(pet_cases[0]).slices()
+    result = analyze_series(planes, NaNModel(TINY_PET))
+    assert result.status == "failed" and "NaN" in result.reason
+
+
+def test_triton_repository_has_the_model_and_a_matching_config(exported, tmp_path):
+    folder = export_triton(exported[1], tmp_path / "repo", max_batch=8)
+    config = (folder / "config.pbtxt").read_text()
+    assert (folder / "1" / "model.onnx").read_bytes() == exported[1].read_bytes()
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 8" in config
+    assert 'name: "image" data_type: TYPE_FP32 dims: [ 1, 32, 32 ]' in config
+    assert 'name: "tumour_probability" data_type: TYPE_FP32 dims: [ 1 ]' in config
+    assert SPEC_KEY in config
