@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from export.onnx_export import convert_fp16, export_onnx
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.network import TINY
 from models.train import TrainConfig, train
@@ -21,6 +22,7 @@ def zoo(pet_cases, tmp_path_factory):
                              network=TINY, spec=TINY_PET, epochs=1, steps_per_epoch=5,
                              batch_size=4, crop=None, workers=1))
     save_checkpoint(root / "PT" / "model.pt", load_checkpoint(best), slim=True)
+    convert_fp16(export_onnx(best, root / "PT" / "model.onnx"), root / "PT" / "model.fp16.onnx")
     return root
 
 
@@ -31,8 +33,9 @@ def analyze(*args):
     return json.loads(result.stdout)
 
 
-def test_each_series_gets_one_result_in_the_documented_shape(zoo, pet_cases):
-    report = analyze(pet_cases[0], pet_cases[1], "--zoo", zoo)
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_each_series_gets_one_result_in_the_documented_shape(zoo, pet_cases, backend):
+    report = analyze(pet_cases[0], pet_cases[1], "--zoo", zoo, "--backend", backend)
     truths = {json.loads((f / "truth.json").read_text())["series_uid"] for f in pet_cases[:2]}
     assert {s["series_uid"] for s in report["series"]} == truths
     for series in report["series"]:
@@ -61,3 +64,11 @@ def test_unreadable_files_are_listed_with_their_reason(zoo, tmp_path):
     report = analyze(tmp_path, "--zoo", zoo)
     assert report["series"] == []
     assert "not a DICOM Part 10 file" in report["rejected"][0]["reason"]
+
+
+def test_auto_and_torch_agree_on_the_findings(zoo, pet_cases):
+    by_backend = {b: analyze(*pet_cases, "--zoo", zoo, "--backend", b)["series"]
+                  for b in ("auto", "torch")}
+    for a, t in zip(*by_backend.values(), strict=True):
+        assert a["status"] == t["status"]
+        assert [f["slices"] for f in a["findings"]] == [f["slices"] for f in t["findings"]]
