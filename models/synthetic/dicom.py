@@ -99,8 +99,8 @@ def make_dataset(values: np.ndarray, series: SeriesIdentity, plane: Plane,
         _mr(ds)
     elif series.modality == "PT":
         _pet(ds, series, plane)
-    if compressed:
-        ds.compress(storage.transfer_syntax)   # pydicom's own encoder (pylibjpeg plugins)
+    if compressed:  # pydicom's own encoder; lossless, so the instance keeps its UID
+        ds.compress(storage.transfer_syntax, generate_instance_uid=False)
     return ds
 
 

@@ -26,6 +26,19 @@ def test_dciodvfy_finds_no_error_in_a_written_slice(tmp_path, modality):
     assert errors == []
 
 
+def test_a_compressed_slice_keeps_its_identity_and_its_values(tmp_path):
+    from pydicom import dcmread
+    from pydicom.uid import RLELossless
+
+    series = tiny_series(1, storage=StorageConvention(transfer_syntax=RLELossless))
+    path = series.write(tmp_path)[0]
+    ds = dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == RLELossless
+    assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID == series.planes[0].sop_uid
+    assert (ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) ==
+            series.values(0)).all()
+
+
 @needs_dcmtk
 @pytest.mark.parametrize("storage", [StorageConvention(),
                                      StorageConvention(signed=False, intercept=-1024)],
