@@ -9,8 +9,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 # Debian packages the tests use: dcmtk and dicom3tools read our DICOM files back as
-# independent implementations.
-SYSTEM_PACKAGES := dcmtk dicom3tools
+# independent implementations; mosquitto is the real broker of the MQTT tests.
+SYSTEM_PACKAGES := dcmtk dicom3tools mosquitto
 
 .PHONY: deps venv run test bench lint clean
 

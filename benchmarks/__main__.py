@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, write_results
 
-SUITES = ("ingest",)
+SUITES = ("ingest", "backends", "analysis")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,13 +21,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suites", nargs="*", default=["all"], choices=[*SUITES, "all"])
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modality", default="CT", choices=["CT", "MR", "PT"])
+    parser.add_argument("--zoo", type=Path, default=None, help="model folder")
+    parser.add_argument("--engines", type=Path, help="TensorRT engine folder (GPU box)")
     args = parser.parse_args(argv)
     suites = SUITES if "all" in args.suites else args.suites
+    if args.zoo is None:
+        from edge.inference.zoo import DEFAULT_ZOO
+
+        args.zoo = DEFAULT_ZOO
     for suite in suites:
         if suite == "ingest":
             from benchmarks import ingest
 
             results = ingest.run(repeats=args.repeats)
+        elif suite == "backends":
+            from benchmarks import backends
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            results = backends.run(args.modality, args.zoo, engines=args.engines,
+                                   chart=args.out / f"backends-{args.modality}.png")
+        elif suite == "analysis":
+            from benchmarks import analysis
+
+            results = analysis.run(args.zoo)
         path = write_results(suite, results, args.out)
         print(json.dumps(results, indent=2))
         print(f"{suite}: results written to {path}", file=sys.stderr)

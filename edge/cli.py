@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from edge import __version__
@@ -17,6 +18,9 @@ from edge.errors import ScansideError
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:       # the benchmark runner parses its own arguments
+        return _bench(argparse.Namespace(rest=argv[1:]))
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -38,8 +42,37 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="the appliance")
+    run = commands.add_parser(
+        "run", help="the appliance: watch the inbox, analyse slices as they land, publish",
+        description="Run the appliance until SIGTERM. The options override the config.")
+    run.add_argument("--config", type=Path, help="TOML config (see edge/default.toml)")
+    run.add_argument("--inbox", type=Path, help="folder the scanner writes to")
+    run.add_argument("--state-dir", type=Path, help="journal, outbox, quarantine")
+    run.add_argument("--broker", help="mqtt://HOST[:PORT] or mqtts://...; none: embedded")
+    run.add_argument("--topic-prefix", help="default scanside/<appliance id>")
     run.set_defaults(handler=_run)
+
+    simulate = commands.add_parser(
+        "simulate-scanner", help="play DICOM series into an inbox at scanner pace")
+    simulate.add_argument("--inbox", type=Path, required=True)
+    simulate.add_argument("--from", dest="sources", type=Path, nargs="*", default=[],
+                          help="series folders, or folders of them (default: synthesize)")
+    simulate.add_argument("--modality", choices=["CT", "MR", "PT"], default="PT",
+                          help="what to synthesize when no --from is given")
+    simulate.add_argument("--cases", type=int, default=2)
+    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--rate", type=float, default=10.0, help="slices per second")
+    simulate.add_argument("--order", choices=["ascending", "descending", "shuffled"],
+                          default="ascending")
+    simulate.add_argument("--pause", type=float, default=2.0, help="seconds between series")
+    simulate.set_defaults(handler=_simulate)
+
+    listen = commands.add_parser("subscribe", help="print alerts and results as they arrive")
+    listen.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    listen.add_argument("--topic-prefix", default="scanside/+")
+    listen.add_argument("--count", type=int, help="stop after this many messages")
+    listen.add_argument("--json", action="store_true")
+    listen.set_defaults(handler=_subscribe)
 
     inspect = commands.add_parser(
         "inspect", help="read-only survey of DICOM files and folders",
@@ -124,6 +157,10 @@ def _parser() -> argparse.ArgumentParser:
     step.add_argument("--out", type=Path, required=True, help="repository folder")
     step.add_argument("--max-batch", type=int, default=32)
     step.set_defaults(handler=_export_triton)
+
+    commands.add_parser(
+        "bench", help="benchmark suites (ingest, backends, analysis); JSON in "
+                      "benchmarks/results (scanside bench --help)")
 
     synth = commands.add_parser(
         "synth", help="write synthetic CT, MR or PET series with ground truth",
@@ -338,6 +375,15 @@ def _export_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        raise ScansideError("the benchmarks are part of the source tree: run from a "
+                            "checkout (make bench)") from None
+    return bench_main(args.rest)
+
+
 def _synth(args: argparse.Namespace) -> int:
     from models.synthetic.series import synthesize
 
@@ -348,9 +394,43 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    print("scanside run: the streaming appliance is not built yet (issue 5). Today you can "
-          "survey a folder of DICOM files with `scanside inspect PATH`.", file=sys.stderr)
-    return 1
+    from edge.appliance import Appliance
+    from edge.config import load_config
+
+    config = load_config(args.config, {
+        "paths.inbox": args.inbox, "paths.state_dir": args.state_dir,
+        "mqtt.broker": args.broker, "mqtt.topic_prefix": args.topic_prefix})
+    return Appliance(config).run()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from edge.simulator import play, series_files
+
+    with tempfile.TemporaryDirectory(prefix="scanside-simulator-") as scratch:
+        sources = [f for root in args.sources for f in (
+            [root] if any(p.suffix == ".dcm" or p.name == "truth.json" for p in root.iterdir())
+            else sorted(d for d in root.iterdir() if d.is_dir()))]
+        if not sources:
+            from models.synthetic.series import synthesize
+
+            sources = synthesize(args.modality, args.cases, args.seed, Path(scratch))
+        for n, folder in enumerate(sources):
+            files = series_files(folder, args.order, args.seed)
+            print(f"scanner: sending {folder.name} ({len(files)} slices at {args.rate:g}/s)",
+                  flush=True)
+            for _ in play(files, args.inbox, args.rate, folder.name):
+                pass
+            if n + 1 < len(sources):
+                time.sleep(args.pause)
+    return 0
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    from edge.subscribe import subscribe
+
+    return subscribe(args.broker, args.topic_prefix, args.count, args.json)
 
 
 def _inspect(args: argparse.Namespace) -> int:

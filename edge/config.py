@@ -61,6 +61,35 @@ class QuietPeriods(_Section):
 class SeriesConfig(_Section):
     quiet_s: QuietPeriods = QuietPeriods()
     gap_factor: float = Field(1.5, gt=1, le=10)
+    forget_after_s: float = Field(600.0, gt=0, le=7 * 86_400)
+
+
+class MqttConfig(_Section):
+    broker: str = Field("", pattern=r"^$|^mqtts?://")
+    topic_prefix: str = Field("", pattern=r"^$|^[^#+]+[^/#+]$")
+    keepalive_s: int = Field(30, ge=2, le=3600)
+    max_inflight: int = Field(32, ge=1, le=65535)
+    username: str = ""
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    embedded_port: int = Field(1883, ge=1, le=65535)
+
+    def prefix(self, appliance_id: str) -> str:
+        return self.topic_prefix or f"scanside/{appliance_id}"
+
+
+class ModelsConfig(_Section):
+    zoo: Path | None = None
+    backend: str = Field("auto", pattern=r"^(auto|onnxruntime|tensorrt)$")
+    engines: Path | None = None
+    threads: int = Field(0, ge=0, le=256)
+    batch_size: int = Field(8, ge=1, le=256)
+
+
+class PrivacyConfig(_Section):
+    include_patient_identifiers: bool = False
 
 
 class Config(_Section):
@@ -68,6 +97,9 @@ class Config(_Section):
     paths: PathsConfig = PathsConfig()
     ingest: IngestConfig = IngestConfig()
     series: SeriesConfig = SeriesConfig()
+    mqtt: MqttConfig = MqttConfig()
+    models: ModelsConfig = ModelsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
 
 def load_config(path: str | Path | None = None,

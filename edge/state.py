@@ -9,6 +9,8 @@ connection: sqlite3 connections belong to one thread.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DB_NAME = "scanside.sqlite3"
@@ -25,3 +27,16 @@ def connect(state_dir: Path, schema: str = "") -> sqlite3.Connection:
     if schema:
         conn.executescript(schema)
     return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """Everything inside is committed together or not at all (connections here are in
+    autocommit mode, so `with conn:` alone would not group the statements)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -23,6 +23,25 @@ def pet_cases(tmp_path_factory):
     return synthesize("PT", 3, seed=5, out=tmp_path_factory.mktemp("pet"))
 
 
+@pytest.fixture(scope="session")
+def tiny_zoo(pet_cases, tmp_path_factory):
+    """A zoo laid out like the shipped one (PT/model.pt, model.onnx, model.fp16.onnx),
+    holding a tiny PET model trained for a few steps on `pet_cases`."""
+    from export.onnx_export import convert_fp16, export_onnx
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.network import TINY
+    from models.train import TrainConfig, train
+    from tests.factories import TINY_PET
+
+    root = tmp_path_factory.mktemp("zoo")
+    best = train(TrainConfig(modality="PT", data=tuple(pet_cases), out=root / "run",
+                             network=TINY, spec=TINY_PET, epochs=1, steps_per_epoch=10,
+                             batch_size=4, crop=None, workers=1))
+    save_checkpoint(root / "PT" / "model.pt", load_checkpoint(best), slim=True)
+    convert_fp16(export_onnx(best, root / "PT" / "model.onnx"), root / "PT" / "model.fp16.onnx")
+    return root
+
+
 @pytest.fixture
 def config_for(tmp_path):
     """A config whose inbox and state live under tmp_path, with optional overrides."""

@@ -63,7 +63,7 @@ def predict(planes: Sequence[Slice], backend: Backend, batch_size: int = 8,
         timings["infer"] += (t2 - t1) * 1e3
         for plane, grid, prob, tumour_p in zip(chunk, grids, lesion, tumour, strict=True):
             predictions.append(SlicePrediction(
-                plane.header.instance_key, _to_u8(prob[0]), float(tumour_p[0]), grid))
+                plane.header.instance_key, to_u8(prob[0]), float(tumour_p[0]), grid))
     return SeriesPrediction(ordered, tuple(predictions), geometry, timings)
 
 
@@ -107,5 +107,6 @@ def slice_spacing_mm(prediction: SeriesPrediction) -> float:
     return prediction.planes[0].header.slice_thickness_mm or 1.0
 
 
-def _to_u8(probability: np.ndarray) -> np.ndarray:
+def to_u8(probability: np.ndarray) -> np.ndarray:
+    """Probabilities as stored in a SlicePrediction: x 255, rounded, uint8."""
     return np.clip(np.rint(probability * 255), 0, 255).astype(np.uint8)

@@ -96,6 +96,12 @@ class Inbox:
         """Offer this file again no sooner than `when` (monotonic seconds)."""
         self._not_before[path] = when
 
+    def next_due(self, now: float) -> float:
+        """The next moment a watched file becomes stable or may be retried."""
+        times = [since + self.stable_s for _, since in self._watching.values()]
+        times += list(self._not_before.values())
+        return min((t for t in times if t > now), default=now + 3600.0)
+
     def unchanged_since(self, path: str) -> float | None:
         """Monotonic time since which the file has had its current signature."""
         seen = self._watching.get(path)

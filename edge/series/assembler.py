@@ -23,6 +23,7 @@ class Admission(Enum):
 
     NEW = "new"                # first time seen: its planes were added
     REOPENED = "reopened"      # added to a series that was already complete: version + 1
+    RESTORED = "restored"      # brought back from the journal after a restart
     REPEAT = "repeat"          # its SOPInstanceUID came before, from another file: not added.
                                # The caller compares the two files: same bytes is a
                                # duplicate, other bytes a conflict.
@@ -43,6 +44,7 @@ class SeriesState:
     complete: bool = False
     completed_by: str | None = None       # "expected count" or "quiet period"
     geometry: SeriesGeometry | None = None  # computed at completion
+    completed_at: float | None = None     # monotonic seconds
 
     @property
     def n_planes(self) -> int:
@@ -88,20 +90,35 @@ class SeriesAssembler:
         elif state.complete:
             admission = Admission.REOPENED
             state = replace(state, version=state.version + 1, complete=False, completed_by=None,
-                            geometry=None)
+                            geometry=None, completed_at=None)
         all_planes = state.planes + tuple(planes)
         state = replace(state, planes=all_planes, last_at=now,
                         expected_count=_agreed_count(all_planes))
-        state = self._complete_by_count(state)
+        state = self._complete_by_count(state, now)
         self.series[state.series_uid] = state
         return admission, state
+
+    def restore(self, files: Sequence[Sequence[SliceHeader]], version: int, complete: bool,
+                now: float) -> SeriesState:
+        """Bring back a series received before (from the journal) at `version`: as it was
+        when analysed (`complete`), or still receiving."""
+        planes = tuple(p for file in files for p in file)
+        first = planes[0]
+        for file in files:
+            self.seen[file[0].sop_instance_uid] = Seen(first.series_uid, file[0].path)
+        state = SeriesState(first.series_uid, first.study_uid, first.modality, version, planes,
+                            now, now, _agreed_count(planes))
+        if complete:
+            state = self._completed(state, "restored", now)
+        self.series[first.series_uid] = state
+        return state
 
     def due(self, now: float) -> list[SeriesState]:
         """Series whose quiet period has just run out; they are marked complete."""
         done = []
         for uid, state in self.series.items():
             if not state.complete and now - state.last_at >= self.quiet_period(state.modality):
-                state = self._completed(state, "quiet period")
+                state = self._completed(state, "quiet period", now)
                 self.series[uid] = state
                 done.append(state)
         return done
@@ -114,16 +131,17 @@ class SeriesAssembler:
         self.series.pop(series_uid, None)
         self.seen = {k: v for k, v in self.seen.items() if v.series_uid != series_uid}
 
-    def _complete_by_count(self, state: SeriesState) -> SeriesState:
+    def _complete_by_count(self, state: SeriesState, now: float) -> SeriesState:
         if state.expected_count is None or state.n_planes != state.expected_count:
             return state
         geometry = analyse_geometry(state.planes, self.gap_factor)
         if not geometry.contiguous:
             return state  # the count is met but the stack is broken: wait for quiet
-        return replace(state, complete=True, completed_by="expected count", geometry=geometry)
+        return replace(state, complete=True, completed_by="expected count", geometry=geometry,
+                       completed_at=now)
 
-    def _completed(self, state: SeriesState, by: str) -> SeriesState:
-        return replace(state, complete=True, completed_by=by,
+    def _completed(self, state: SeriesState, by: str, now: float) -> SeriesState:
+        return replace(state, complete=True, completed_by=by, completed_at=now,
                        geometry=analyse_geometry(state.planes, self.gap_factor))
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 from pydicom import dcmread
 
-from edge.ingest.intake import Intake
+from edge.ingest.intake import Admitted, Completed, Forgotten, Intake
 from edge.ingest.journal import Journal
 from edge.ingest.quarantine import quarantined_files
 from edge.ingest.workers import ReaderPool
@@ -59,7 +59,8 @@ def settle(intake: Intake, now: float):
 
 
 def run(intake: Intake, *times: float):
-    return [a for t in times for a in settle(intake, t)]
+    """The slices admitted while polling at each of `times`."""
+    return [e for t in times for e in settle(intake, t) if isinstance(e, Admitted)]
 
 
 def statuses(intake: Intake) -> dict[str, str]:
@@ -228,3 +229,74 @@ def test_a_restart_neither_reprocesses_nor_forgets_files(make_intake):
     tiny_series(1).write(inbox / "next")
     assert len(run(restarted, 3.0, 4.0)) == 1
     assert len(restarted.journal.entries()) == 4
+
+
+@pytest.fixture
+def make_streaming_intake(make_intake, config_for):
+    """An Intake with a series store, as the appliance runs it."""
+    from edge.state import connect
+    from edge.stream.store import SeriesStore
+
+    def make(**overrides):
+        intake = make_intake(**overrides)
+        intake.store = SeriesStore(connect(intake.config.paths.state_dir))
+        return intake
+
+    return make
+
+
+def events(intake, *times):
+    return [e for t in times for e in settle(intake, t)]
+
+
+def test_completion_is_reported_right_after_the_last_slice(make_streaming_intake):
+    intake = make_streaming_intake()
+    tiny_series(3).write(intake.config.paths.inbox)
+    found = events(intake, 0.0, 1.0)
+    assert [type(e) for e in found] == [Admitted] * 3 + [Completed]
+    assert found[-1].series.completed_by == "expected count"
+    assert intake.store.get(found[0].series.series_uid).status == "receiving"
+
+
+def test_a_finished_series_is_forgotten_after_the_window(make_streaming_intake):
+    intake = make_streaming_intake(series__forget_after_s=60.0)
+    tiny_series(2).write(intake.config.paths.inbox)
+    events(intake, 0.0, 1.0)
+    assert events(intake, 30.0) == []
+    (forgotten,) = events(intake, 62.0)
+    assert isinstance(forgotten, Forgotten) and intake.assembler.series == {}
+
+
+@pytest.mark.parametrize("how", ["restart", "forgotten"])
+def test_a_late_slice_brings_its_series_back_and_reopens_it(make_streaming_intake, how):
+    intake = make_streaming_intake(series__forget_after_s=60.0)
+    inbox = intake.config.paths.inbox
+    series = tiny_series(3)
+    series.write(inbox)
+    first = events(intake, 0.0, 1.0)
+    uid = first[0].series.series_uid
+    intake.store.analysed(uid, 1, "result-1", 2.0)
+    if how == "restart":
+        intake = make_streaming_intake(series__forget_after_s=60.0)
+    else:
+        assert isinstance(events(intake, 70.0)[-1], Forgotten)
+    late = replace(series.planes[2], sop_uid="1.2.826.0.1.3680043.8.498.77",
+                   position_mm=(-10.0, -10.0, 7.5), instance_number=4)
+    series.planes.append(late)
+    series.write(inbox, indices=[3])
+    found = events(intake, 100.0, 101.0)
+    restored, admitted = found[0], found[1]
+    assert restored.admission is Admission.RESTORED and len(restored.slices) == 3
+    assert restored.series.complete and restored.series.version == 1
+    assert admitted.admission is Admission.REOPENED and admitted.series.version == 2
+    assert intake.store.get(uid).version == 2
+
+
+def test_series_interrupted_by_a_restart_are_restored_at_start(make_streaming_intake):
+    intake = make_streaming_intake()
+    tiny_series(5).write(intake.config.paths.inbox, indices=[0, 1, 2])
+    events(intake, 0.0, 1.0)
+    restarted = make_streaming_intake()
+    (restored,) = restarted.restore_unfinished(5.0)
+    assert restored.admission is Admission.RESTORED and len(restored.slices) == 3
+    assert not restored.series.complete

@@ -8,22 +8,12 @@ import sys
 
 import pytest
 
-from export.onnx_export import convert_fp16, export_onnx
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.network import TINY
-from models.train import TrainConfig, train
-from tests.factories import TINY_PET, tiny_series
+from tests.factories import tiny_series
 
 
-@pytest.fixture(scope="module")
-def zoo(pet_cases, tmp_path_factory):
-    root = tmp_path_factory.mktemp("zoo")
-    best = train(TrainConfig(modality="PT", data=tuple(pet_cases), out=root / "run",
-                             network=TINY, spec=TINY_PET, epochs=1, steps_per_epoch=5,
-                             batch_size=4, crop=None, workers=1))
-    save_checkpoint(root / "PT" / "model.pt", load_checkpoint(best), slim=True)
-    convert_fp16(export_onnx(best, root / "PT" / "model.onnx"), root / "PT" / "model.fp16.onnx")
-    return root
+@pytest.fixture
+def zoo(tiny_zoo):
+    return tiny_zoo
 
 
 def analyze(*args):

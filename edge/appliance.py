@@ -1,0 +1,273 @@
+"""`scanside run`: the appliance. The one module that knows every stage.
+
+    inbox -> watcher (hint) + rescan -> intake thread (reader workers, journal, series)
+          -> bounded queue -> inference thread (backends, per-series state, outbox)
+          -> publisher thread (MQTT, acknowledged = sent)
+
+The main thread supervises: it restarts a watcher that died, exits non-zero if a stage
+thread died (systemd restarts the service, which resumes from the journal and outbox),
+pings the systemd watchdog only while both stage threads show fresh heartbeats, and on
+SIGTERM drains: the intake stops taking files, the inference thread finishes what is
+queued, the publisher sends what the outbox holds, and `offline` is published.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge import __version__
+from edge.backends.select import choose, open_backend, probe
+from edge.config import Config
+from edge.delivery.broker import EmbeddedBroker
+from edge.delivery.outbox import Outbox
+from edge.delivery.payloads import Message, Publishing, status_message
+from edge.delivery.publisher import BrokerAddress, Credentials, Publisher, parse_broker_url
+from edge.errors import ScansideError
+from edge.inference.zoo import DEFAULT_ZOO
+from edge.ingest.intake import Intake
+from edge.ingest.journal import Journal
+from edge.ingest.workers import ReaderPool
+from edge.series.assembler import SeriesAssembler
+from edge.state import connect
+from edge.stream.analyzer import StreamingAnalyzer
+from edge.stream.store import SeriesStore
+from edge.stream.watcher import InboxWatcher
+from edge.systemd import notify, watchdog_interval_s
+
+log = logging.getLogger("scanside.appliance")
+STOP = object()                  # end of the event queue
+LOW_DISK_BYTES = 1 << 30
+
+
+@dataclass
+class Health:
+    """What the status topic and page report, updated by the threads."""
+
+    models: dict = field(default_factory=dict)          # modality -> name, version, backend
+    errors: deque = field(default_factory=lambda: deque(maxlen=20))
+    heartbeats: dict = field(default_factory=dict)      # thread -> monotonic time
+    analysed: int = 0
+
+
+class Appliance:
+    def __init__(self, config: Config):
+        self.config = config
+        self.publishing = Publishing(config.appliance.id,
+                                     config.mqtt.prefix(config.appliance.id),
+                                     config.privacy.include_patient_identifiers)
+        self.events: queue.Queue = queue.Queue(maxsize=256)
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.intake_done = threading.Event()
+        self.backends_loaded = threading.Event()
+        self.health = Health()
+        self.crash: BaseException | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.publisher: Publisher | None = None
+        self._status_state = ""
+
+    # the main thread ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; 0 after a clean stop, 1 if a stage crashed."""
+        config = self.config
+        config.paths.inbox.mkdir(parents=True, exist_ok=True)
+        config.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        address = self._broker_address()
+        self.publisher = Publisher(
+            config.paths.state_dir, address, f"scanside-{config.appliance.id}",
+            online=lambda: self._status(self._state()[0]), will=self._status("offline"),
+            credentials=Credentials(config.mqtt.username, config.mqtt.password_file,
+                                    config.mqtt.ca_file, config.mqtt.cert_file,
+                                    config.mqtt.key_file),
+            keepalive_s=config.mqtt.keepalive_s, max_inflight=config.mqtt.max_inflight)
+        self.publisher.start()
+        pool = ReaderPool.from_config(config)
+        threads = [self._thread("inference", self._inference),
+                   self._thread("intake", self._intake, pool)]
+        watcher = InboxWatcher(config.paths.inbox, self.wake)
+        watcher.start()
+        while not (self.backends_loaded.is_set() or self.stopping.is_set() or self.crash):
+            time.sleep(0.05)
+        notify("READY=1")
+        log.info("scanside %s running: inbox %s, broker %s, topics %s/...", __version__,
+                 config.paths.inbox, address.url, self.publishing.topic_prefix)
+        try:
+            self._supervise(threads, watcher)
+        finally:
+            self._shut_down(threads, watcher, pool)
+        return 1 if self.crash else 0
+
+    def _broker_address(self) -> BrokerAddress:
+        if self.config.mqtt.broker:
+            return parse_broker_url(self.config.mqtt.broker)
+        self.broker = EmbeddedBroker("127.0.0.1", self.config.mqtt.embedded_port)
+        self.broker.start()
+        return BrokerAddress("127.0.0.1", self.config.mqtt.embedded_port, False)
+
+    def _thread(self, name: str, target, *args) -> threading.Thread:
+        def guarded():
+            try:
+                target(*args)
+            except BaseException as error:  # a programming error: stop, systemd restarts us
+                log.exception("the %s thread crashed", name)
+                self.crash = error
+                self.stopping.set()
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        self.health.heartbeats[name] = time.monotonic()
+        thread.start()
+        return thread
+
+    def _supervise(self, threads: list[threading.Thread], watcher: InboxWatcher) -> None:
+        interval = watchdog_interval_s()
+        last_ping = 0.0
+        while not self.stopping.wait(0.5):
+            if not watcher.alive():
+                watcher.restart()
+            if not all(t.is_alive() for t in threads):
+                self.crash = self.crash or RuntimeError("a stage thread ended")
+                return
+            now = time.monotonic()
+            moving = all(now - beat < (interval or 60) / 2
+                         for beat in self.health.heartbeats.values())
+            if interval and moving and now - last_ping >= interval / 3:
+                notify("WATCHDOG=1")
+                last_ping = now
+            state, detail = self._state()
+            if state != self._status_state:
+                self._status_state = state
+                self.publisher.set_status(self._status(state))
+            notify(f"STATUS={state}: {self.health.analysed} series analysed, outbox "
+                   f"{self.publisher.backlog()} unsent{'; ' + detail if detail else ''}")
+
+    def _shut_down(self, threads, watcher: InboxWatcher, pool: ReaderPool) -> None:
+        notify("STOPPING=1")
+        log.info("stopping: finishing the work in hand")
+        self.stopping.set()
+        watcher.stop()
+        self.intake_done.wait(timeout=30)
+        for thread in threads:
+            thread.join(timeout=60)
+        pool.close()
+        left = self.publisher.stop(drain_s=10, offline=self._status("offline"))
+        if left:
+            log.warning("%d messages could not be sent before stopping; they are kept in the "
+                        "outbox and sent after the next start", left)
+        if self.broker:
+            self.broker.stop()
+
+    # health and status ---------------------------------------------------------------
+
+    def _state(self) -> tuple[str, str]:
+        problems = [f"{m} model: {info['error']}" for m, info in self.health.models.items()
+                    if "error" in info]
+        for path in {self.config.paths.inbox, self.config.paths.state_dir}:
+            free = shutil.disk_usage(path).free
+            if free < LOW_DISK_BYTES:
+                problems.append(f"only {free >> 20} MiB free under {path}")
+        return ("degraded" if problems else "online"), "; ".join(problems)
+
+    def _status(self, state: str) -> Message:
+        detail = self._state()[1] if state != "offline" else None
+        models = {m: {k: v for k, v in info.items()} for m, info in self.health.models.items()}
+        return status_message(self.publishing, state, version=__version__, models=models,
+                              at=datetime.now(UTC), detail=detail or None)
+
+    # the intake thread ---------------------------------------------------------------
+
+    def _intake(self, pool: ReaderPool) -> None:
+        config = self.config
+        intake = Intake(config, pool, Journal(config.paths.state_dir),
+                        SeriesAssembler.from_config(config),
+                        SeriesStore(connect(config.paths.state_dir)))
+        self._put(intake.restore_unfinished(time.monotonic()))
+        next_rescan = next_check = time.monotonic()
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            self.health.heartbeats["intake"] = now
+            woken = self.wake.is_set()
+            if woken:
+                self.wake.clear()
+                time.sleep(0.05)                      # let a burst of events settle
+            scan = woken or now >= next_rescan or now >= next_check
+            if now >= next_rescan:
+                next_rescan = now + config.ingest.rescan_s
+            self._put(intake.poll(now, scan))
+            if scan:
+                next_check = intake.next_scan(now)
+            wait = 0.02 if intake.busy else min(next_rescan, next_check, now + 1.0) - now
+            self.wake.wait(max(0.0, wait))
+        self.intake_done.set()
+
+    def _put(self, events: list) -> None:
+        for event in events:
+            while True:                                # back-pressure, but never deadlock
+                try:
+                    self.events.put(event, timeout=0.5)
+                    break
+                except queue.Full:
+                    self.health.heartbeats["intake"] = time.monotonic()
+
+    # the inference thread ------------------------------------------------------------
+
+    def _inference(self) -> None:
+        config = self.config
+        backends = self._load_backends()
+        conn = connect(config.paths.state_dir)
+        analyzer = StreamingAnalyzer(backends.get, Outbox(conn), SeriesStore(conn),
+                                     self.publishing, self.publisher.notify,
+                                     config.models.batch_size)
+        self.backends_loaded.set()
+        try:
+            while True:
+                self.health.heartbeats["inference"] = time.monotonic()
+                try:
+                    first = self.events.get(timeout=0.5)
+                except queue.Empty:
+                    if self.intake_done.is_set():
+                        return
+                    continue
+                batch = [first]
+                while len(batch) < 64:
+                    try:
+                        batch.append(self.events.get_nowait())
+                    except queue.Empty:
+                        break
+                analyzer.handle(batch)
+                self.health.analysed = analyzer.analysed
+        finally:
+            for backend in backends.values():
+                backend.close()
+            conn.close()
+
+    def _load_backends(self) -> dict:
+        """Every modality in the zoo with the backend `models.backend` picks; a model that
+        cannot load leaves the appliance degraded, its series failed with the reason."""
+        zoo = self.config.models.zoo or DEFAULT_ZOO
+        engines = self.config.models.engines or self.config.paths.state_dir / "engines"
+        facts = probe()
+        backends = {}
+        for folder in sorted(p for p in Path(zoo).iterdir() if (p / "model.onnx").exists()):
+            try:
+                backend = open_backend(choose(self.config.models.backend, folder, engines, facts),
+                                       self.config.models.threads)
+            except ScansideError as error:
+                log.error("%s model cannot be used: %s", folder.name, error)
+                self.health.models[folder.name] = {"error": str(error)}
+                continue
+            backends[folder.name] = backend
+            self.health.models[folder.name] = {
+                "name": backend.spec.name, "version": backend.spec.version,
+                "backend": backend.name, "why": backend.why}
+        return backends

@@ -1,0 +1,250 @@
+"""The inference thread's work: analyse slices as they arrive, series as they complete.
+
+Slices are preprocessed and inferred as soon as they are admitted (in batches when
+several wait), and only their uint8 probability maps are kept, so a 1,000-slice series
+costs tens of MB. A slice showing a confident lesion raises a provisional alert at once,
+one per lesion: later slices of the same lesion update it rather than raise another.
+When the series completes, only the 3D step remains: the result (positive, negative or
+failed) and, if there were findings or provisional alerts, a final alert superseding
+them go into the outbox in the same transaction that marks the series analysed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from edge.backends.base import Backend
+from edge.delivery.outbox import Outbox
+from edge.delivery.payloads import Publishing, alert_message, message_id, result_message
+from edge.errors import ScansideError
+from edge.inference.postprocess import find_lesions, lesions_on_slice
+from edge.inference.preprocess import preprocess
+from edge.inference.series import FATAL_PROBLEMS, to_u8
+from edge.ingest.intake import Admitted, Completed, Forgotten
+from edge.series.assembler import Admission, SeriesState
+from edge.state import transaction
+from edge.stream.store import SeriesStore
+from edge.values import Patient, SeriesResult, Slice, SlicePrediction
+
+log = logging.getLogger("scanside.analysis")
+
+
+@dataclass
+class Progress:
+    """One series as the inference thread knows it (mutable, this thread only)."""
+
+    series_uid: str
+    study_uid: str
+    modality: str
+    version: int
+    patient: Patient
+    predictions: dict[str, SlicePrediction] = field(default_factory=dict)
+    provisional: list[dict] = field(default_factory=list)   # {alert_id, center_mm, diameter_mm}
+    failure: str | None = None
+    timings_ms: dict = field(default_factory=lambda: {"preprocess": 0.0, "infer": 0.0})
+
+
+class StreamingAnalyzer:
+    def __init__(self, backend_for: Callable[[str], Backend | None], outbox: Outbox,
+                 store: SeriesStore, publishing: Publishing, notify: Callable[[], None],
+                 batch_size: int = 8, wall_clock: Callable[[], float] = time.time):
+        self.backend_for, self.outbox, self.store = backend_for, outbox, store
+        self.publishing, self.notify, self.batch_size = publishing, notify, batch_size
+        self.wall_clock = wall_clock
+        self.progress: dict[str, Progress] = {}
+        self.analysed = 0
+        self.last_result: SeriesResult | None = None
+
+    def handle(self, events: Sequence[Admitted | Completed | Forgotten]) -> None:
+        """Process events in their order; consecutive slices are inferred together."""
+        waiting: list[tuple[Slice, Progress, bool]] = []
+        for event in events:
+            if isinstance(event, Admitted):
+                progress = self._progress(event)
+                alerts = event.admission is not Admission.RESTORED or not event.series.complete
+                waiting += [(s, progress, alerts) for s in event.slices]
+                continue
+            self._infer(waiting)
+            waiting = []
+            if isinstance(event, Completed):
+                self._complete(event.series)
+            else:
+                self.progress.pop(event.series_uid, None)
+        self._infer(waiting)
+
+    def _progress(self, event: Admitted) -> Progress:
+        state = event.series
+        progress = self.progress.get(state.series_uid)
+        if progress is None or event.admission is Admission.RESTORED:
+            patient = event.slices[0].header.patient
+            progress = Progress(state.series_uid, state.study_uid, state.modality,
+                                state.version, patient)
+            progress.provisional = [
+                {"alert_id": a["alert_id"], "center_mm": a["findings"][0]["center_mm"],
+                 "diameter_mm": a["findings"][0]["diameter_mm"]}
+                for a in self.outbox.of_series(state.series_uid, "provisional")
+                if a["version"] == state.version]
+            self.progress[state.series_uid] = progress
+        if event.missing:
+            progress.failure = (f"{len(event.missing)} slices received earlier are no longer "
+                                f"in the inbox (e.g. {event.missing[0]}): the series cannot be "
+                                "analysed whole")
+        if state.version != progress.version:      # reopened by a late slice
+            progress.version, progress.provisional = state.version, []
+        return progress
+
+    def _infer(self, waiting: list[tuple[Slice, Progress, bool]]) -> None:
+        by_modality: dict[str, list] = {}
+        for item in waiting:
+            if item[1].failure is None:
+                by_modality.setdefault(item[1].modality, []).append(item)
+        for modality, items in by_modality.items():
+            backend = self.backend_for(modality)
+            if backend is None:
+                continue                             # failed at completion, with the reason
+            for start in range(0, len(items), self.batch_size):
+                self._infer_batch(backend, items[start:start + self.batch_size])
+
+    def _infer_batch(self, backend: Backend, items: list) -> None:
+        ready, inputs, grids = [], [], []
+        t0 = time.perf_counter()
+        for plane, progress, alerts in items:
+            try:
+                image, grid = preprocess(plane, backend.spec)
+            except ScansideError as error:
+                progress.failure = str(error)
+                continue
+            ready.append((plane, progress, alerts))
+            inputs.append(image)
+            grids.append(grid)
+        if not ready:
+            return
+        t1 = time.perf_counter()
+        try:
+            lesion, tumour = backend.infer(np.stack(inputs))
+            if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
+                raise ScansideError(f"the {backend.name} backend gave NaN or infinite "
+                                    "probabilities: the analysis is not valid")
+        except ScansideError as error:
+            for _, progress, _ in ready:
+                progress.failure = str(error)
+            return
+        t2 = time.perf_counter()
+        for (plane, progress, alerts), grid, p_lesion, p_tumour in zip(
+                ready, grids, lesion, tumour, strict=True):
+            progress.timings_ms["preprocess"] += (t1 - t0) * 1e3 / len(ready)
+            progress.timings_ms["infer"] += (t2 - t1) * 1e3 / len(ready)
+            prediction = SlicePrediction(plane.header.instance_key, to_u8(p_lesion[0]),
+                                         float(p_tumour[0]), grid)
+            progress.predictions[prediction.instance_key] = prediction
+            if alerts:
+                self._provisional(progress, prediction, backend)
+
+    def _provisional(self, progress: Progress, prediction: SlicePrediction,
+                     backend: Backend) -> None:
+        thresholds = backend.spec.thresholds
+        for lesion in lesions_on_slice(prediction, backend.spec):
+            if lesion.probability < thresholds.provisional_probability \
+                    or lesion.diameter_mm < thresholds.provisional_diameter_mm:
+                continue
+            known = next((k for k in progress.provisional if np.linalg.norm(
+                np.subtract(k["center_mm"], lesion.center_mm)) <= max(
+                10.0, 0.75 * max(k["diameter_mm"], lesion.diameter_mm))), None)
+            if known is not None:                    # the same lesion on a neighbouring slice
+                known["center_mm"], known["diameter_mm"] = lesion.center_mm, lesion.diameter_mm
+                continue
+            finding = {"center_mm": [round(c, 2) for c in lesion.center_mm],
+                       "diameter_mm": round(lesion.diameter_mm, 2), "volume_mm3": None,
+                       "probability": round(lesion.probability, 4),
+                       "slices": [len(progress.predictions) - 1] * 2}
+            message = alert_message(
+                self.publishing, kind="provisional", findings=[finding],
+                result_or_series={"series_uid": progress.series_uid,
+                                  "study_uid": progress.study_uid,
+                                  "modality": progress.modality},
+                version=progress.version, supersedes=[], at=self._now(),
+                key=prediction.instance_key, slice_index=len(progress.predictions) - 1,
+                patient=progress.patient)
+            progress.provisional.append({"alert_id": message.message_id,
+                                         "center_mm": lesion.center_mm,
+                                         "diameter_mm": lesion.diameter_mm})
+            self.outbox.add(message, self.wall_clock())
+            self.notify()
+            log.info("provisional alert: %s series %s, %.0f mm, p=%.2f", progress.modality,
+                     progress.series_uid, lesion.diameter_mm, lesion.probability)
+
+    def _complete(self, state: SeriesState) -> None:
+        progress = self.progress.get(state.series_uid) or Progress(
+            state.series_uid, state.study_uid, state.modality, state.version, Patient())
+        started = time.perf_counter()
+        backend = self.backend_for(state.modality)
+        result = self._result(state, progress, backend)
+        timings = dict(progress.timings_ms, postprocess=(time.perf_counter() - started) * 1e3)
+        result = SeriesResult(result.series_uid, result.study_uid, result.modality,
+                              result.status, result.reason, result.findings, timings,
+                              state.version, state.n_planes)
+        self._publish(state, progress, result, backend)
+        self.analysed += 1
+        self.last_result = result
+
+    def _result(self, state: SeriesState, progress: Progress,
+                backend: Backend | None) -> SeriesResult:
+        base = dict(series_uid=state.series_uid, study_uid=state.study_uid,
+                    modality=state.modality, version=state.version, n_slices=state.n_planes)
+        if backend is None:
+            return SeriesResult(status="failed", reason=f"no model for modality "
+                                f"{state.modality!r}", **base)
+        if progress.failure:
+            return SeriesResult(status="failed", reason=progress.failure, **base)
+        geometry = state.geometry
+        fatal = [str(p) for p in geometry.problems if p.kind in FATAL_PROBLEMS]
+        if fatal:
+            return SeriesResult(status="failed", reason="; ".join(fatal), **base)
+        keys = [state.planes[i].instance_key for i in geometry.order]
+        missing = [k for k in keys if k not in progress.predictions]
+        if missing:
+            return SeriesResult(status="failed", reason=f"{len(missing)} slices were not "
+                                f"analysed (e.g. {missing[0]})", **base)
+        spacing = geometry.slice_spacing_mm or state.planes[0].slice_thickness_mm or 1.0
+        findings = find_lesions([progress.predictions[k] for k in keys], spacing, backend.spec)
+        notes = "; ".join(str(p) for p in geometry.problems) or None
+        return SeriesResult(status="positive" if findings else "negative", reason=notes,
+                            findings=tuple(findings), **base)
+
+    def _publish(self, state: SeriesState, progress: Progress, result: SeriesResult,
+                 backend: Backend | None) -> None:
+        appliance, uid = self.publishing.appliance_id, state.series_uid
+        previous = message_id(appliance, uid, state.version - 1, "result") \
+            if state.version > 1 else None
+        model = {"name": backend.spec.name, "version": backend.spec.version,
+                 "backend": backend.name} if backend else {}
+        messages = [result_message(self.publishing, result, supersedes=previous, model=model,
+                                   completed_by=state.completed_by, at=self._now(),
+                                   patient=progress.patient)]
+        earlier_final = [a["alert_id"] for a in self.outbox.of_series(uid, "final")
+                         if a["version"] < state.version]
+        superseded = [p["alert_id"] for p in progress.provisional] + earlier_final[-1:]
+        if result.findings or superseded:
+            messages.append(alert_message(
+                self.publishing, kind="final", result_or_series=result.to_json(),
+                findings=[f.to_json() for f in result.findings], version=state.version,
+                supersedes=superseded, at=self._now(), patient=progress.patient))
+        now = self.wall_clock()
+        with transaction(self.outbox.conn):    # result, final alert and status: all or nothing
+            for message in messages:
+                self.outbox.add(message, now)
+            self.store.analysed(uid, state.version, messages[0].message_id, now)
+        self.notify()
+        log.info("series %s version %d: %s%s", uid, state.version, result.status.upper(),
+                 f" ({result.reason})" if result.status == "failed" else
+                 f", {len(result.findings)} lesions" if result.findings else "")
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.wall_clock(), UTC)
+

@@ -1,0 +1,56 @@
+"""The real appliance as a subprocess, for system tests."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+class ApplianceProcess:
+    """`scanside run` on tmp folders, pointed at a test broker and a test zoo."""
+
+    def __init__(self, root: Path, broker_url: str, zoo: Path, appliance_id: str = "test",
+                 keepalive_s: int = 2, extra: str = ""):
+        self.root, self.broker_url = root, broker_url
+        self.inbox, self.state = root / "inbox", root / "state"
+        self.prefix = f"scanside/{appliance_id}"
+        self.config = root / "scanside.toml"
+        self.config.write_text(f"""[appliance]
+id = "{appliance_id}"
+[ingest]
+stable_s = 0.2
+rescan_s = 1.0
+workers = 2
+[series.quiet_s]
+PT = 2.0
+CT = 2.0
+MR = 2.0
+[mqtt]
+keepalive_s = {keepalive_s}
+[models]
+zoo = "{zoo}"
+threads = 1
+{extra}""")
+        self.log = root / "appliance.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> ApplianceProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(self.config),
+             "--inbox", str(self.inbox), "--state-dir", str(self.state),
+             "--broker", self.broker_url, "--topic-prefix", self.prefix],
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+        return self
+
+    def terminate(self, timeout: float = 90) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log.read_text()

@@ -1,0 +1,157 @@
+"""The appliance end to end: real process, real Mosquitto, real files, real faults."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edge.simulator import play, series_files
+from tests.appliance import ApplianceProcess
+from tests.mqtt import Mosquitto, Subscriber, needs_mosquitto
+
+pytestmark = [needs_mosquitto, pytest.mark.broker]
+
+
+@pytest.fixture
+def broker(tmp_path):
+    mosquitto = Mosquitto(tmp_path).start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+@pytest.fixture
+def appliance(tmp_path, broker, tiny_zoo):
+    made = []
+
+    def make(**options) -> ApplianceProcess:
+        process = ApplianceProcess(tmp_path, broker.url, tiny_zoo, **options)
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        if process.process and process.process.poll() is None:
+            process.kill()
+
+
+def watch(broker: Mosquitto, app: ApplianceProcess) -> Subscriber:
+    subscriber = Subscriber(broker.port, f"{app.prefix}/#")
+    subscriber.wait_for(lambda s: any(p["state"] == "online" for p in s.on("/status")), 60)
+    return subscriber
+
+
+def analyze(zoo, *folders) -> dict:
+    out = subprocess.run([sys.executable, "-m", "edge", "analyze", *map(str, folders),
+                          "--zoo", str(zoo), "--json"], capture_output=True, text=True,
+                         check=True, timeout=300).stdout
+    return {s["series_uid"]: s for s in json.loads(out)["series"]}
+
+
+def truth_uid(folder) -> str:
+    return json.loads((folder / "truth.json").read_text())["series_uid"]
+
+
+def digests(folder) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def test_streamed_series_give_the_results_batch_analysis_gives(broker, appliance, pet_cases,
+                                                                tiny_zoo):
+    app = appliance().start()
+    subscriber = watch(broker, app)
+    try:
+        for folder in pet_cases:
+            for _ in play(series_files(folder, "shuffled"), app.inbox, 60.0, folder.name):
+                pass
+        subscriber.wait_for(lambda s: len(s.on("/results")) == len(pet_cases), 120)
+        batch = analyze(tiny_zoo, *pet_cases)
+        for result in subscriber.on("/results"):
+            expected = batch[result["series_uid"]]
+            assert (result["status"], result["findings"]) == (expected["status"],
+                                                              expected["findings"])
+            assert result["version"] == 1 and result["supersedes"] is None
+            assert result["completed_by"] == "expected count"
+        for alert in subscriber.on("/alerts"):
+            if alert["kind"] == "final":
+                provisional = {a["alert_id"] for a in subscriber.on("/alerts")
+                               if a["kind"] == "provisional"
+                               and a["series_uid"] == alert["series_uid"]}
+                assert set(alert["supersedes"]) >= provisional
+        assert app.terminate() == 0
+        subscriber.wait_for(lambda s: s.on("/status")[-1]["state"] == "offline")
+    finally:
+        subscriber.close()
+
+
+def test_a_restart_analyses_nothing_twice(broker, appliance, pet_cases):
+    app = appliance().start()
+    subscriber = watch(broker, app)
+    try:
+        for _ in play(series_files(pet_cases[0]), app.inbox, 100.0, "s0"):
+            pass
+        subscriber.wait_for(lambda s: len(s.on("/results")) == 1, 120)
+        assert app.terminate() == 0
+        app.start()
+        subscriber.wait_for(lambda s: s.on("/status")[-1]["state"] == "online", 60)
+        time.sleep(4)                          # two rescans
+        assert len(subscriber.on("/results")) == 1
+    finally:
+        subscriber.close()
+
+
+def test_sigkill_mid_series_loses_nothing_and_repeats_only_with_the_same_ids(
+        broker, appliance, pet_cases):
+    app = appliance(keepalive_s=2).start()
+    subscriber = watch(broker, app)
+    files = series_files(pet_cases[1])
+    try:
+        for _ in play(files[:len(files) // 2], app.inbox, 100.0, "s1"):
+            pass
+        time.sleep(1.5)
+        killed_at = time.monotonic()
+        app.kill()
+        subscriber.wait_for(lambda s: s.on("/status")[-1]["state"] == "offline", 10)
+        offline_after = [t for topic, p, _, t in subscriber.messages
+                         if topic.endswith("/status") and p["state"] == "offline"][-1] - killed_at
+        assert offline_after <= 1.5 * 2 + 1.0      # Last Will: ~1.5 x keep-alive
+        before = digests(app.inbox)
+        app.start()
+        for _ in play(files[len(files) // 2:], app.inbox, 100.0, "s1"):
+            pass
+        subscriber.wait_for(lambda s: len(s.on("/results")) >= 1, 120)
+        time.sleep(2)
+        results = subscriber.on("/results")
+        assert {r["series_uid"] for r in results} == {truth_uid(pet_cases[1])}
+        assert len({r["result_id"] for r in results}) == 1
+        assert results[0]["n_slices"] == len(files)
+        after = digests(app.inbox)
+        assert {k: after[k] for k in before} == before     # no input file changed
+    finally:
+        subscriber.close()
+
+
+@pytest.mark.slow
+def test_a_broker_down_for_30_s_during_a_scan_loses_nothing(broker, appliance, pet_cases):
+    app = appliance().start()
+    subscriber = watch(broker, app)
+    subscriber.close()
+    try:
+        broker.stop()
+        for folder in pet_cases[:2]:
+            for _ in play(series_files(folder), app.inbox, 60.0, folder.name):
+                pass
+        time.sleep(30)
+        broker.start()
+        subscriber = Subscriber(broker.port, f"{app.prefix}/#")
+        expected = {truth_uid(f) for f in pet_cases[:2]}
+        subscriber.wait_for(lambda s: {r["series_uid"] for r in s.on("/results")} == expected,
+                            90)
+        assert app.terminate() == 0
+    finally:
+        subscriber.close()
