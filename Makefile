@@ -9,10 +9,12 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 # Debian packages the tests use: dcmtk and dicom3tools read our DICOM files back as
-# independent implementations; mosquitto is the real broker of the MQTT tests.
-SYSTEM_PACKAGES := dcmtk dicom3tools mosquitto
+# independent implementations; mosquitto (with its clients) is the real broker of the
+# MQTT tests, openssl makes their TLS certificates, shellcheck checks the install script,
+# chromium (headless, driven by Playwright) is the browser of the status-page tests.
+SYSTEM_PACKAGES := dcmtk dicom3tools mosquitto mosquitto-clients openssl shellcheck chromium
 
-.PHONY: deps venv run test bench lint clean
+.PHONY: deps venv run demo test bench lint clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -35,6 +37,19 @@ venv: $(STAMP)
 
 run: venv
 	$(VENV)/bin/scanside run
+
+# The appliance, a simulated scanner sending two synthetic PET series, and the alerts as
+# they arrive; all on this machine (embedded broker on 127.0.0.1:1883).
+demo: venv
+	@rm -rf var/demo; mkdir -p var/demo
+	@$(VENV)/bin/scanside run --inbox var/demo/inbox --state-dir var/demo/state \
+	    > var/demo/appliance.log 2>&1 & app=$$!; \
+	trap 'kill $$app $$sub 2>/dev/null; wait $$app' EXIT; \
+	sleep 8; \
+	$(VENV)/bin/scanside subscribe & sub=$$!; \
+	$(VENV)/bin/scanside simulate-scanner --inbox var/demo/inbox --modality PT --cases 2 \
+	    --seed 7 --rate 20; \
+	sleep 20; echo "appliance log: var/demo/appliance.log"
 
 test: deps venv
 	$(PY) -m pytest -q

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, write_results
 
-SUITES = ("ingest", "backends", "analysis")
+SUITES = ("ingest", "backends", "analysis", "streaming", "mqtt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import analysis
 
             results = analysis.run(args.zoo)
+        elif suite == "streaming":
+            from benchmarks import streaming
+
+            results = streaming.run(args.zoo, runs=args.repeats)
+        elif suite == "mqtt":
+            from benchmarks import mqtt
+
+            results = mqtt.run()
         path = write_results(suite, results, args.out)
         print(json.dumps(results, indent=2))
         print(f"{suite}: results written to {path}", file=sys.stderr)

@@ -13,6 +13,7 @@ queued, the publisher sends what the outbox holds, and `offline` is published.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import shutil
@@ -20,6 +21,7 @@ import signal
 import threading
 import time
 from collections import deque
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,15 +35,16 @@ from edge.delivery.payloads import Message, Publishing, status_message
 from edge.delivery.publisher import BrokerAddress, Credentials, Publisher, parse_broker_url
 from edge.errors import ScansideError
 from edge.inference.zoo import DEFAULT_ZOO
-from edge.ingest.intake import Intake
+from edge.ingest.intake import Admitted, Intake
 from edge.ingest.journal import Journal
 from edge.ingest.workers import ReaderPool
-from edge.series.assembler import SeriesAssembler
+from edge.series.assembler import Admission, SeriesAssembler
 from edge.state import connect
 from edge.stream.analyzer import StreamingAnalyzer
 from edge.stream.store import SeriesStore
 from edge.stream.watcher import InboxWatcher
 from edge.systemd import notify, watchdog_interval_s
+from edge.web.board import StatusBoard
 
 log = logging.getLogger("scanside.appliance")
 STOP = object()                  # end of the event queue
@@ -74,6 +77,9 @@ class Appliance:
         self.broker: EmbeddedBroker | None = None
         self.publisher: Publisher | None = None
         self._status_state = ""
+        self.board = StatusBoard(config.appliance.id, __version__,
+                                 config.privacy.include_patient_identifiers)
+        logging.getLogger("scanside").addHandler(_LastError(self.board))
 
     # the main thread ------------------------------------------------------------------
 
@@ -84,6 +90,12 @@ class Appliance:
         config.paths.state_dir.mkdir(parents=True, exist_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        with closing(connect(config.paths.state_dir)) as conn:   # the page outlives a restart
+            outbox = Outbox(conn)
+            self.board.restore(
+                [json.loads(s.message.payload) for s in outbox.recent(("result",), 50)],
+                [json.loads(s.message.payload) for s in outbox.recent(("provisional", "final"),
+                                                                      50)])
         address = self._broker_address()
         self.publisher = Publisher(
             config.paths.state_dir, address, f"scanside-{config.appliance.id}",
@@ -91,8 +103,10 @@ class Appliance:
             credentials=Credentials(config.mqtt.username, config.mqtt.password_file,
                                     config.mqtt.ca_file, config.mqtt.cert_file,
                                     config.mqtt.key_file),
-            keepalive_s=config.mqtt.keepalive_s, max_inflight=config.mqtt.max_inflight)
+            keepalive_s=config.mqtt.keepalive_s, max_inflight=config.mqtt.max_inflight,
+            on_sent=self.board.record_sent)
         self.publisher.start()
+        web = self._web_server()
         pool = ReaderPool.from_config(config)
         threads = [self._thread("inference", self._inference),
                    self._thread("intake", self._intake, pool)]
@@ -107,7 +121,30 @@ class Appliance:
             self._supervise(threads, watcher)
         finally:
             self._shut_down(threads, watcher, pool)
+            web.should_exit = True
         return 1 if self.crash else 0
+
+    def _web_server(self):
+        """The status page, /metrics and the probes, in a thread of their own."""
+        import uvicorn
+
+        from edge.web.app import create_app
+
+        web = self.config.web
+        token = web.token_file.read_text().strip() if web.token_file else None
+        app = create_app(self.board, token, self._ready)
+        server = uvicorn.Server(uvicorn.Config(app, host=web.host, port=web.port,
+                                               log_level="warning", lifespan="off"))
+        threading.Thread(target=server.run, name="web", daemon=True).start()
+        log.info("status page on http://%s/", web.listen)
+        return server
+
+    def _ready(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "stopping"
+        if not self.backends_loaded.is_set():
+            return False, "loading models"
+        return True, ""
 
     def _broker_address(self) -> BrokerAddress:
         if self.config.mqtt.broker:
@@ -148,6 +185,7 @@ class Appliance:
             if state != self._status_state:
                 self._status_state = state
                 self.publisher.set_status(self._status(state))
+            self._report_health(state, detail)
             notify(f"STATUS={state}: {self.health.analysed} series analysed, outbox "
                    f"{self.publisher.backlog()} unsent{'; ' + detail if detail else ''}")
 
@@ -168,6 +206,22 @@ class Appliance:
             self.broker.stop()
 
     # health and status ---------------------------------------------------------------
+
+    def _report_health(self, state: str, detail: str) -> None:
+        paths = self.config.paths
+        backlog = self.publisher.backlog()
+        self.board.record_queues(self.events.qsize(), backlog)
+        health = {"state": state, "detail": detail, "models": dict(self.health.models),
+                  "broker": {"url": self.publisher.address.url,
+                             "connected": self.publisher.connected.is_set(),
+                             "error": self.publisher.last_error},
+                  "inbox": str(paths.inbox), "state_dir": str(paths.state_dir),
+                  "inbox_free": _gib(shutil.disk_usage(paths.inbox).free),
+                  "state_free": _gib(shutil.disk_usage(paths.state_dir).free),
+                  "outbox_backlog": backlog}
+        if health != getattr(self, "_last_health", None):
+            self._last_health = health
+            self.board.record_health(**health)
 
     def _state(self) -> tuple[str, str]:
         problems = [f"{m} model: {info['error']}" for m, info in self.health.models.items()
@@ -190,7 +244,8 @@ class Appliance:
         config = self.config
         intake = Intake(config, pool, Journal(config.paths.state_dir),
                         SeriesAssembler.from_config(config),
-                        SeriesStore(connect(config.paths.state_dir)))
+                        SeriesStore(connect(config.paths.state_dir)),
+                        report=self.board.record_file)
         self._put(intake.restore_unfinished(time.monotonic()))
         next_rescan = next_check = time.monotonic()
         while not self.stopping.is_set():
@@ -212,6 +267,11 @@ class Appliance:
 
     def _put(self, events: list) -> None:
         for event in events:
+            if isinstance(event, Admitted) and event.admission is not Admission.RESTORED:
+                header, series = event.slices[0].header, event.series
+                self.board.record_slice(series.series_uid, series.modality,
+                                        header.series_description, header.patient.name,
+                                        series.expected_count, event.read_ms)
             while True:                                # back-pressure, but never deadlock
                 try:
                     self.events.put(event, timeout=0.5)
@@ -227,7 +287,7 @@ class Appliance:
         conn = connect(config.paths.state_dir)
         analyzer = StreamingAnalyzer(backends.get, Outbox(conn), SeriesStore(conn),
                                      self.publishing, self.publisher.notify,
-                                     config.models.batch_size)
+                                     config.models.batch_size, board=self.board)
         self.backends_loaded.set()
         try:
             while True:
@@ -258,6 +318,10 @@ class Appliance:
         engines = self.config.models.engines or self.config.paths.state_dir / "engines"
         facts = probe()
         backends = {}
+        if not Path(zoo).is_dir():
+            log.error("no model folder at %s: every series will fail", zoo)
+            self.health.models["all"] = {"error": f"no model folder at {zoo}"}
+            return backends
         for folder in sorted(p for p in Path(zoo).iterdir() if (p / "model.onnx").exists()):
             try:
                 backend = open_backend(choose(self.config.models.backend, folder, engines, facts),
@@ -271,3 +335,19 @@ class Appliance:
                 "name": backend.spec.name, "version": backend.spec.version,
                 "backend": backend.name, "why": backend.why}
         return backends
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+class _LastError(logging.Handler):
+    """Puts the latest warning or error the appliance logged on the status page."""
+
+    def __init__(self, board: StatusBoard):
+        super().__init__(logging.WARNING)
+        self.board = board
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stamp = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds")
+        self.board.record_health(last_error=f"{stamp} {record.getMessage()}")

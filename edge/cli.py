@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", type=Path, help="journal, outbox, quarantine")
     run.add_argument("--broker", help="mqtt://HOST[:PORT] or mqtts://...; none: embedded")
     run.add_argument("--topic-prefix", help="default scanside/<appliance id>")
+    run.add_argument("--listen", help="status page HOST:PORT (default 127.0.0.1:8080)")
     run.set_defaults(handler=_run)
 
     simulate = commands.add_parser(
@@ -399,7 +400,8 @@ def _run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, {
         "paths.inbox": args.inbox, "paths.state_dir": args.state_dir,
-        "mqtt.broker": args.broker, "mqtt.topic_prefix": args.topic_prefix})
+        "mqtt.broker": args.broker, "mqtt.topic_prefix": args.topic_prefix,
+        "web.listen": args.listen})
     return Appliance(config).run()
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.errors import ConfigError
 
@@ -92,6 +92,31 @@ class PrivacyConfig(_Section):
     include_patient_identifiers: bool = False
 
 
+class WebConfig(_Section):
+    listen: str = Field("127.0.0.1:8080",
+                        pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+    token_file: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    @model_validator(mode="after")
+    def _token_when_exposed(self) -> WebConfig:
+        if not self.loopback and self.token_file is None:
+            raise ValueError(f"listen = {self.listen!r} exposes the status page beyond this "
+                             "machine: set [web] token_file")
+        return self
+
+
 class Config(_Section):
     appliance: ApplianceConfig = ApplianceConfig()
     paths: PathsConfig = PathsConfig()
@@ -100,6 +125,7 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     models: ModelsConfig = ModelsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    web: WebConfig = WebConfig()
 
 
 def load_config(path: str | Path | None = None,

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.mqtt import free_port
+
 
 class ApplianceProcess:
     """`scanside run` on tmp folders, pointed at a test broker and a test zoo."""
@@ -35,12 +37,14 @@ threads = 1
 {extra}""")
         self.log = root / "appliance.log"
         self.process: subprocess.Popen | None = None
+        self.web_port = free_port()
 
     def start(self) -> ApplianceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge", "run", "--config", str(self.config),
              "--inbox", str(self.inbox), "--state-dir", str(self.state),
-             "--broker", self.broker_url, "--topic-prefix", self.prefix],
+             "--broker", self.broker_url, "--topic-prefix", self.prefix,
+             "--listen", f"127.0.0.1:{self.web_port}"],
             stdout=self.log.open("a"), stderr=subprocess.STDOUT)
         return self
 

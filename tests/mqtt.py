@@ -59,12 +59,17 @@ class Mosquitto:
 class Subscriber:
     """Subscribes to a topic filter and keeps every message, with its arrival time."""
 
-    def __init__(self, port: int, topic: str):
+    def __init__(self, port: int, topic: str, username: str | None = None,
+                 password: str | None = None, ca_file: Path | None = None):
         self.messages: list[tuple[str, dict, bool, float]] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        if username:
+            self.client.username_pw_set(username, password)
+        if ca_file:
+            self.client.tls_set(ca_certs=str(ca_file))
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
 

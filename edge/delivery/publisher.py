@@ -71,9 +71,10 @@ class Publisher:
     def __init__(self, state_dir: Path, address: BrokerAddress, client_id: str,
                  online: Callable[[], Message], will: Message,
                  credentials: Credentials = Credentials(), keepalive_s: int = 30,
-                 max_inflight: int = 32):
+                 max_inflight: int = 32, on_sent: Callable[[str], None] | None = None):
         self.state_dir, self.address, self.max_inflight = state_dir, address, max_inflight
         self.online, self.will = online, will
+        self.on_sent = on_sent or (lambda message_id: None)
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.sent = 0
@@ -140,7 +141,7 @@ class Publisher:
         return left
 
     def backlog(self) -> int:
-        with connect(self.state_dir) as conn:
+        with contextlib.closing(connect(self.state_dir)) as conn:
             return Outbox(conn).backlog()
 
     # paho's network thread -------------------------------------------------------------
@@ -158,8 +159,9 @@ class Publisher:
         log.info("connected to %s", self.address.url)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        if not self._stop.is_set():
+        if was_connected and not self._stop.is_set():   # a refusal keeps its own reason
             self.last_error = f"connection to {self.address.url} lost: {reason_code}"
             log.warning("%s; reconnecting", self.last_error)
         self._acks.put(-1)                             # tell the pump: in-flight is void
@@ -195,6 +197,7 @@ class Publisher:
             elif (message_id := self._inflight.pop(mid, None)) is not None:
                 outbox.mark_sent(message_id, time.time())
                 self.sent += 1
+                self.on_sent(message_id)
 
     def _send(self, outbox: Outbox) -> None:
         room = self.max_inflight - len(self._inflight)

@@ -45,7 +45,7 @@ class Admitted:
     admission: Admission          # NEW, REOPENED or RESTORED
     series: SeriesState
     missing: tuple[str, ...] = ()  # RESTORED: journaled files no longer in the inbox
-
+    read_ms: float = 0.0
 
 @dataclass(frozen=True)
 class Completed:
@@ -62,9 +62,13 @@ class Intake:
 
     def __init__(self, config: Config, pool: ReaderPool, journal: Journal,
                  assembler: SeriesAssembler, store: SeriesStore | None = None,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time,
+                 report: Callable[[str, str, str], None] | None = None):
+        """`report(outcome, path, reason)` hears of every file settled without slices
+        (duplicate, conflict, quarantined): the status page lists them."""
         self.config, self.pool, self.journal, self.assembler = config, pool, journal, assembler
         self.store, self.wall_clock = store, wall_clock
+        self.report = report or (lambda outcome, path, reason: None)
         self.quarantine_dir = config.paths.quarantine_dir
         self.inbox = Inbox(config.paths.inbox, config.ingest.ignore, config.ingest.stable_s,
                            finished=journal.signatures(), skip=[self.quarantine_dir])
@@ -154,7 +158,7 @@ class Intake:
                     admission is Admission.REOPENED or state.n_planes == len(headers)):
                 self.store.receiving(state.series_uid, state.study_uid, state.modality,
                                      state.version, self.wall_clock())
-            events.append(Admitted(outcome.slices, admission, state))
+            events.append(Admitted(outcome.slices, admission, state, read_ms=outcome.read_ms))
             if state.complete:
                 events.append(Completed(state))
             return events
@@ -162,6 +166,7 @@ class Intake:
             log.info("duplicate ignored: %s repeats %s", path, earlier)
             self._finish(JournalEntry(status="duplicate", reason=f"same bytes as {earlier}",
                                       **entry))
+            self.report("duplicate", path, f"same bytes as {earlier}")
         else:
             self._quarantine(path, signature, f"SOPInstanceUID {first.sop_instance_uid} was "
                              f"already received from {earlier} with different content (or "
@@ -197,6 +202,7 @@ class Intake:
             log.error("could not quarantine %s (%s); leaving it in place: %s",
                       path, error, reason)
         self._finish(JournalEntry(path=path, signature=signature, status=status, reason=reason))
+        self.report(status, path, reason)
 
     def _finish(self, entry: JournalEntry) -> None:
         self.journal.record(entry, self.wall_clock())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import resource
 import signal
+import time
 import warnings
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -44,12 +45,15 @@ class ReadOutcome:
     path: str
     slices: tuple[Slice, ...] = ()
     rejection: Rejection | None = None
+    read_ms: float = 0.0                  # in the worker: checks and decoding
 
 
 def read_outcome(path: str, limits: ReadLimits) -> ReadOutcome:
     """Read one file and turn every expected failure into a value (runs in a worker)."""
+    start = time.perf_counter()
     try:
-        return ReadOutcome(path, tuple(read_file(path, limits)))
+        slices = tuple(read_file(path, limits))
+        return ReadOutcome(path, slices, read_ms=(time.perf_counter() - start) * 1e3)
     except IncompleteDicomError as error:
         return ReadOutcome(path, rejection=Rejection(error.reason, "incomplete"))
     except DicomError as error:

@@ -11,6 +11,7 @@ them go into the outbox in the same transaction that marks the series analysed.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,8 +32,11 @@ from edge.series.assembler import Admission, SeriesState
 from edge.state import transaction
 from edge.stream.store import SeriesStore
 from edge.values import Patient, SeriesResult, Slice, SlicePrediction
+from edge.web.board import StatusBoard
+from edge.web.overlay import overlay_png, preview
 
 log = logging.getLogger("scanside.analysis")
+MAX_OVERLAYS = 24
 
 
 @dataclass
@@ -45,18 +49,21 @@ class Progress:
     version: int
     patient: Patient
     predictions: dict[str, SlicePrediction] = field(default_factory=dict)
+    previews: dict[str, np.ndarray] = field(default_factory=dict)   # lesion slices only
     provisional: list[dict] = field(default_factory=list)   # {alert_id, center_mm, diameter_mm}
     failure: str | None = None
-    timings_ms: dict = field(default_factory=lambda: {"preprocess": 0.0, "infer": 0.0})
+    timings_ms: dict = field(default_factory=lambda: {"read": 0.0, "preprocess": 0.0,
+                                                      "infer": 0.0})
 
 
 class StreamingAnalyzer:
     def __init__(self, backend_for: Callable[[str], Backend | None], outbox: Outbox,
                  store: SeriesStore, publishing: Publishing, notify: Callable[[], None],
-                 batch_size: int = 8, wall_clock: Callable[[], float] = time.time):
+                 batch_size: int = 8, wall_clock: Callable[[], float] = time.time,
+                 board: StatusBoard | None = None):
         self.backend_for, self.outbox, self.store = backend_for, outbox, store
         self.publishing, self.notify, self.batch_size = publishing, notify, batch_size
-        self.wall_clock = wall_clock
+        self.wall_clock, self.board = wall_clock, board
         self.progress: dict[str, Progress] = {}
         self.analysed = 0
         self.last_result: SeriesResult | None = None
@@ -67,6 +74,7 @@ class StreamingAnalyzer:
         for event in events:
             if isinstance(event, Admitted):
                 progress = self._progress(event)
+                progress.timings_ms["read"] += event.read_ms
                 alerts = event.admission is not Admission.RESTORED or not event.series.complete
                 waiting += [(s, progress, alerts) for s in event.slices]
                 continue
@@ -136,15 +144,20 @@ class StreamingAnalyzer:
                 progress.failure = str(error)
             return
         t2 = time.perf_counter()
-        for (plane, progress, alerts), grid, p_lesion, p_tumour in zip(
-                ready, grids, lesion, tumour, strict=True):
+        threshold = round(backend.spec.thresholds.lesion_probability * 255)
+        for (plane, progress, alerts), image, grid, p_lesion, p_tumour in zip(
+                ready, inputs, grids, lesion, tumour, strict=True):
             progress.timings_ms["preprocess"] += (t1 - t0) * 1e3 / len(ready)
             progress.timings_ms["infer"] += (t2 - t1) * 1e3 / len(ready)
             prediction = SlicePrediction(plane.header.instance_key, to_u8(p_lesion[0]),
                                          float(p_tumour[0]), grid)
             progress.predictions[prediction.instance_key] = prediction
+            if prediction.lesion_u8.max() >= threshold:
+                progress.previews[prediction.instance_key] = preview(image)
             if alerts:
                 self._provisional(progress, prediction, backend)
+            if self.board:
+                self.board.record_analysed(progress.series_uid)
 
     def _provisional(self, progress: Progress, prediction: SlicePrediction,
                      backend: Backend) -> None:
@@ -176,6 +189,8 @@ class StreamingAnalyzer:
                                          "diameter_mm": lesion.diameter_mm})
             self.outbox.add(message, self.wall_clock())
             self.notify()
+            if self.board:
+                self.board.record_alert(json.loads(message.payload))
             log.info("provisional alert: %s series %s, %.0f mm, p=%.2f", progress.modality,
                      progress.series_uid, lesion.diameter_mm, lesion.probability)
 
@@ -189,9 +204,34 @@ class StreamingAnalyzer:
         result = SeriesResult(result.series_uid, result.study_uid, result.modality,
                               result.status, result.reason, result.findings, timings,
                               state.version, state.n_planes)
-        self._publish(state, progress, result, backend)
+        messages = self._publish(state, progress, result, backend)
         self.analysed += 1
         self.last_result = result
+        if self.board:
+            for message in messages[1:]:
+                self.board.record_alert(json.loads(message.payload))
+            self.board.record_result(json.loads(messages[0].payload), timings,
+                                     self._images(state, progress, result, backend))
+
+    def _images(self, state: SeriesState, progress: Progress, result: SeriesResult,
+                backend: Backend | None) -> dict[str, bytes] | None:
+        """Overlays of a positive series: its key slice and each slice with a lesion."""
+        if not result.findings or backend is None:
+            return None
+        keys = [state.planes[i].instance_key for i in state.geometry.order]
+        threshold = backend.spec.thresholds.lesion_probability
+        images: dict[str, bytes] = {}
+        slices = sorted({k for f in result.findings for k in range(f.slices[0], f.slices[1] + 1)})
+        for k in slices[:MAX_OVERLAYS]:
+            if keys[k] in progress.previews:
+                images[f"slice-{k}"] = overlay_png(progress.previews[keys[k]],
+                                                   progress.predictions[keys[k]].lesion_u8,
+                                                   threshold, 384, f"slice {k}")
+        key = keys[result.findings[0].key_slice]
+        if key in progress.previews:
+            images["key"] = overlay_png(progress.previews[key],
+                                        progress.predictions[key].lesion_u8, threshold, 192)
+        return images
 
     def _result(self, state: SeriesState, progress: Progress,
                 backend: Backend | None) -> SeriesResult:
@@ -218,7 +258,7 @@ class StreamingAnalyzer:
                             findings=tuple(findings), **base)
 
     def _publish(self, state: SeriesState, progress: Progress, result: SeriesResult,
-                 backend: Backend | None) -> None:
+                 backend: Backend | None) -> list:
         appliance, uid = self.publishing.appliance_id, state.series_uid
         previous = message_id(appliance, uid, state.version - 1, "result") \
             if state.version > 1 else None
@@ -244,6 +284,7 @@ class StreamingAnalyzer:
         log.info("series %s version %d: %s%s", uid, state.version, result.status.upper(),
                  f" ({result.reason})" if result.status == "failed" else
                  f", {len(result.findings)} lesions" if result.findings else "")
+        return messages
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.wall_clock(), UTC)
