@@ -129,6 +129,18 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="eval.json, eval.md, froc.png")
     evaluate.set_defaults(handler=_eval)
 
+    calibrate = commands.add_parser(
+        "calibrate", help="choose a model's operating point on a calibration set",
+        description="Sweep the detection threshold and minimum lesion volume on series with "
+                    "truth.json (neither training nor held-out data), pick the most "
+                    "sensitive point within the limits, write it into a copy of the model.")
+    calibrate.add_argument("--data", type=Path, nargs="+", required=True)
+    calibrate.add_argument("--model", type=Path, required=True, help="checkpoint to calibrate")
+    calibrate.add_argument("--out", type=Path, required=True, help="calibrated checkpoint")
+    calibrate.add_argument("--max-fp", type=float, default=0.4, help="false positives per scan")
+    calibrate.add_argument("--min-specificity", type=float, default=0.9)
+    calibrate.set_defaults(handler=_calibrate)
+
     export = commands.add_parser("export", help="ONNX, FP16 ONNX, TensorRT engine, Triton")
     steps = export.add_subparsers(dest="step", required=True, metavar="STEP")
     step = steps.add_parser("onnx", help="checkpoint -> ONNX FP32, parity against torch")
@@ -282,6 +294,21 @@ def _eval(args: argparse.Namespace) -> int:
     report = write_report(results, args.out)
     print(report.table())
     print(f"written to {args.out}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    _needs_torch("calibrate")
+    from models.calibrate import calibrate
+    from models.torch_backend import TorchBackend
+
+    folders = sorted(f for root in args.data for f in root.iterdir()
+                     if (f / "truth.json").exists())
+    with TorchBackend(args.model) as backend:
+        report = calibrate(folders, args.model, args.out, backend, args.max_fp,
+                           args.min_specificity)
+    print(json.dumps(report["chosen"], indent=2))
+    print(f"calibrated model: {args.out}")
     return 0
 
 

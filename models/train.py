@@ -147,7 +147,7 @@ def detection_loss(lesion_logits: torch.Tensor, tumour_logits: torch.Tensor,
     intersection = (probability * masks).sum()
     dice = 1 - (2 * intersection + 1) / (probability.sum() + masks.sum() + 1)
     bce = F.binary_cross_entropy_with_logits(lesion_logits, masks,
-                                             pos_weight=torch.tensor(3.0, device=masks.device))
+                                             pos_weight=torch.tensor(1.5, device=masks.device))
     head = F.binary_cross_entropy_with_logits(tumour_logits, tumour)
     return dice + bce + 0.3 * head
 

@@ -1,7 +1,8 @@
 """Probability maps -> lesions in patient coordinates (pure numpy and scipy).
 
 Across a series: threshold, 3D connected components over the slices in anatomical order,
-drop components below the minimum volume, then measure each one (centre in DICOM patient
+drop components below the minimum volume or whose peak probability stays below the
+detection threshold, then measure each one (centre in DICOM patient
 coordinates weighted by probability, volume, equivalent diameter, highest probability,
 slice range, and an outline on its largest slice for overlays). On one slice: the 2D
 components that can raise a provisional alert while the series is still arriving.
@@ -32,11 +33,13 @@ def find_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: float
     labels, count = ndimage.label(probabilities >= spec.thresholds.lesion_probability,
                                   structure=np.ones((3, 3, 3), bool))
     voxel_mm3 = spec.spacing_mm**2 * slice_spacing_mm
+    thresholds = spec.thresholds
     findings = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         component = labels[box] == index
         volume = float(component.sum()) * voxel_mm3
-        if volume < spec.thresholds.min_volume_mm3:
+        if volume < thresholds.min_volume_mm3 or \
+                probabilities[box][component].max() < thresholds.detection_probability:
             continue
         findings.append(_measure(component, box, probabilities, predictions, volume))
     return sorted(findings, key=lambda f: -f.probability)

@@ -96,3 +96,12 @@ def test_a_lesion_on_one_slice_has_the_diameter_of_its_area():
     (on_slice,) = lesions_on_slice(predictions(headers, [((4, 4, 0.0), 8.0, 0.85)])[0], SPEC)
     assert on_slice.diameter_mm == pytest.approx(16.0, rel=0.05)
     assert on_slice.center_mm == pytest.approx((4, 4, 0), abs=0.5)
+
+
+def test_a_lesion_whose_peak_stays_below_the_detection_threshold_is_not_reported():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    spec = replace(SPEC, thresholds=Thresholds(lesion_probability=0.5,
+                                               detection_probability=0.7, min_volume_mm3=20))
+    found = find_lesions(predictions(headers, [((-15, -15, 10.0), 4.0, 0.6),
+                                               ((15, 15, 20.0), 4.0, 0.8)]), 1.0, spec)
+    assert [round(f.probability, 2) for f in found] == [0.8]

@@ -1,0 +1,98 @@
+"""`scanside calibrate`: choose a model's operating point on a calibration set.
+
+The network's probability maps are computed once per series; lesions are then extracted
+again for every candidate pair of detection threshold (a lesion's peak probability) and
+minimum volume, and scored as `scanside eval` scores them. The chosen point is the one
+with the best lesion sensitivity (>= 10 mm first, then all) among those within the
+false-positive and specificity limits; it is written into a copy of the checkpoint.
+The calibration set must be neither the training nor the held-out set.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from edge.backends.base import Backend
+from edge.inference.postprocess import find_lesions
+from edge.inference.series import SeriesPrediction, predict, slice_spacing_mm
+from edge.inference.spec import ModelSpec
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.data import DicomCase
+from models.evaluate import CaseResult, match, metrics
+
+DETECTION = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
+VOLUME_MM3 = (5.0, 15.0, 30.0, 60.0, 120.0)
+
+
+def predictions(folders: Sequence[Path], backend: Backend) -> list[tuple[SeriesPrediction, dict]]:
+    """Each calibration series' prediction, with its truth."""
+    out = []
+    for folder in tqdm(folders, desc="calibration predictions", unit="series"):
+        planes, _ = DicomCase(folder).slices()
+        out.append((predict(planes, backend), json.loads((folder / "truth.json").read_text())))
+    return out
+
+
+def score(runs: list[tuple[SeriesPrediction, dict]], spec: ModelSpec) -> dict:
+    cases = []
+    for prediction, truth in runs:
+        findings = sorted(find_lesions(prediction.predictions, slice_spacing_mm(prediction),
+                                       spec), key=lambda f: -f.probability)
+        cases.append(CaseResult(truth["series_uid"], truth["modality"], truth["lesions"],
+                                findings, match(truth["lesions"], findings),
+                                "positive" if findings else "negative"))
+    return metrics(cases)
+
+
+def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3) -> list[dict]:
+    rows = []
+    for d in detection:
+        for v in volumes:
+            thresholds = replace(spec.thresholds, detection_probability=max(
+                d, spec.thresholds.lesion_probability), min_volume_mm3=v)
+            m = score(runs, replace(spec, thresholds=thresholds))
+            rows.append({"detection_probability": thresholds.detection_probability,
+                         "min_volume_mm3": v, **{k: m[k] for k in (
+                             "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
+                             "false_positives_per_scan", "series_specificity",
+                             "series_sensitivity")}})
+    return rows
+
+
+def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9) -> dict:
+    """The most sensitive point within the limits, or else the most specific one."""
+    allowed = [r for r in rows if r["false_positives_per_scan"] <= max_fp
+               and (r["series_specificity"] != r["series_specificity"]      # NaN: no negatives
+                    or r["series_specificity"] >= min_specificity)]
+    if allowed:
+        return max(allowed, key=lambda r: (r["lesion_sensitivity_10mm_or_more"],
+                                           r["lesion_sensitivity"],
+                                           -r["false_positives_per_scan"]))
+    return max(rows, key=lambda r: (r["series_specificity"], -r["false_positives_per_scan"],
+                                    r["lesion_sensitivity"]))
+
+
+def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Backend,
+              max_fp: float = 0.4, min_specificity: float = 0.9) -> dict:
+    """Sweep, choose, and write `out`: the checkpoint with the chosen thresholds, plus
+    `<out>.calibration.json` with every point tried."""
+    runs = predictions(folders, backend)
+    rows = sweep(runs, backend.spec)
+    best = choose(rows, max_fp, min_specificity)
+    loaded = load_checkpoint(checkpoint)
+    thresholds = replace(loaded.spec.thresholds,
+                         detection_probability=best["detection_probability"],
+                         min_volume_mm3=best["min_volume_mm3"])
+    loaded.spec = replace(loaded.spec, thresholds=thresholds, training_data={
+        **loaded.spec.training_data, "calibration": {
+            "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),
+            "max_fp_per_scan": max_fp, "min_specificity": min_specificity, "chosen": best}})
+    save_checkpoint(out, loaded, slim=True)
+    report = {"chosen": best, "points": rows}
+    out.with_name(out.name + ".calibration.json").write_text(json.dumps(report, indent=2))
+    return report
