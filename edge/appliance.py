@@ -18,9 +18,9 @@ import logging
 import queue
 import shutil
 import signal
+import sqlite3
 import threading
 import time
-from collections import deque
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,8 +47,6 @@ from edge.systemd import notify, watchdog_interval_s
 from edge.web.board import StatusBoard
 
 log = logging.getLogger("scanside.appliance")
-STOP = object()                  # end of the event queue
-LOW_DISK_BYTES = 1 << 30
 
 
 @dataclass
@@ -56,9 +54,19 @@ class Health:
     """What the status topic and page report, updated by the threads."""
 
     models: dict = field(default_factory=dict)          # modality -> name, version, backend
-    errors: deque = field(default_factory=lambda: deque(maxlen=20))
     heartbeats: dict = field(default_factory=dict)      # thread -> monotonic time
+    storage: dict = field(default_factory=dict)         # thread -> state write failing now
     analysed: int = 0
+
+    def storage_failed(self, stage: str, error: Exception) -> bool:
+        """Note a failed write; True the first time (worth a log line)."""
+        first = stage not in self.storage
+        self.storage[stage] = f"{type(error).__name__}: {error}"
+        return first
+
+    def storage_recovered(self, stage: str) -> None:
+        if self.storage.pop(stage, None) is not None:
+            log.info("the %s stage can write its state again", stage)
 
 
 class Appliance:
@@ -226,9 +234,16 @@ class Appliance:
     def _state(self) -> tuple[str, str]:
         problems = [f"{m} model: {info['error']}" for m, info in self.health.models.items()
                     if "error" in info]
+        problems += [f"{stage} cannot write the state directory: {error}"
+                     for stage, error in list(self.health.storage.items())]
+        minimum = self.config.health.min_free_mb << 20
         for path in {self.config.paths.inbox, self.config.paths.state_dir}:
-            free = shutil.disk_usage(path).free
-            if free < LOW_DISK_BYTES:
+            try:
+                free = shutil.disk_usage(path).free
+            except OSError as error:
+                problems.append(f"{path} cannot be checked: {error.strerror}")
+                continue
+            if free < minimum:
                 problems.append(f"only {free >> 20} MiB free under {path}")
         return ("degraded" if problems else "online"), "; ".join(problems)
 
@@ -242,9 +257,9 @@ class Appliance:
 
     def _intake(self, pool: ReaderPool) -> None:
         config = self.config
-        intake = Intake(config, pool, Journal(config.paths.state_dir),
-                        SeriesAssembler.from_config(config),
-                        SeriesStore(connect(config.paths.state_dir)),
+        journal = Journal(config.paths.state_dir)
+        intake = Intake(config, pool, journal, SeriesAssembler.from_config(config),
+                        SeriesStore(journal.conn),   # one connection: one transaction
                         report=self.board.record_file)
         self._put(intake.restore_unfinished(time.monotonic()))
         next_rescan = next_check = time.monotonic()
@@ -258,7 +273,14 @@ class Appliance:
             scan = woken or now >= next_rescan or now >= next_check
             if now >= next_rescan:
                 next_rescan = now + config.ingest.rescan_s
-            self._put(intake.poll(now, scan))
+            try:
+                self._put(intake.poll(now, scan))
+            except (sqlite3.Error, OSError) as error:   # cannot record: accept nothing new
+                if self.health.storage_failed("intake", error):
+                    log.error("intake paused: the state directory cannot be written (%s)", error)
+                self.stopping.wait(1.0)
+                continue
+            self.health.storage_recovered("intake")
             if scan:
                 next_check = intake.next_scan(now)
             wait = 0.02 if intake.busy else min(next_rescan, next_check, now + 1.0) - now
@@ -304,12 +326,28 @@ class Appliance:
                         batch.append(self.events.get_nowait())
                     except queue.Empty:
                         break
-                analyzer.handle(batch)
+                self._analyse(analyzer, batch)
                 self.health.analysed = analyzer.analysed
         finally:
             for backend in backends.values():
                 backend.close()
             conn.close()
+
+    def _analyse(self, analyzer: StreamingAnalyzer, batch: list) -> None:
+        """Handle a batch; while the state cannot be written, keep it and try again (the
+        queue fills and the intake waits). Handling a batch twice is harmless: ids are
+        deterministic and the outbox keeps one copy of each."""
+        while True:
+            try:
+                analyzer.handle(batch)
+                self.health.storage_recovered("inference")
+                return
+            except (sqlite3.Error, OSError) as error:
+                if self.health.storage_failed("inference", error):
+                    log.error("results wait: the state directory cannot be written (%s)",
+                              error)
+                if self.stopping.wait(1.0):
+                    return          # the journal has the files: the next start restores them
 
     def _load_backends(self) -> dict:
         """Every modality in the zoo with the backend `models.backend` picks; a model that

@@ -92,6 +92,10 @@ class PrivacyConfig(_Section):
     include_patient_identifiers: bool = False
 
 
+class HealthConfig(_Section):
+    min_free_mb: int = Field(1024, ge=0, le=1_048_576)
+
+
 class WebConfig(_Section):
     listen: str = Field("127.0.0.1:8080",
                         pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
@@ -125,6 +129,7 @@ class Config(_Section):
     mqtt: MqttConfig = MqttConfig()
     models: ModelsConfig = ModelsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    health: HealthConfig = HealthConfig()
     web: WebConfig = WebConfig()
 
 

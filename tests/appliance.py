@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.mqtt import free_port
+from tests.mqtt import Mosquitto, Subscriber, free_port
 
 
 class ApplianceProcess:
@@ -58,3 +60,20 @@ threads = 1
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+def watch(broker: Mosquitto, app: ApplianceProcess) -> Subscriber:
+    """A subscriber to everything the appliance publishes, once it reports online."""
+    subscriber = Subscriber(broker.port, f"{app.prefix}/#")
+    subscriber.wait_for(lambda s: any(p["state"] == "online" for p in s.on("/status")), 60)
+    return subscriber
+
+
+def truth_uid(folder) -> str:
+    return json.loads((folder / "truth.json").read_text())["series_uid"]
+
+
+def digests(folder) -> dict:
+    """sha256 of every file under `folder`, by path relative to it."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

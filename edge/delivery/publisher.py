@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sqlite3
 import ssl
 import threading
 import time
@@ -82,6 +83,7 @@ class Publisher:
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._inflight: dict[int, str] = {}          # mid -> message id (pump thread only)
+        self._acknowledged: list[str] = []           # acked, not yet recorded in the outbox
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                    clean_session=True, protocol=mqtt.MQTTv311)
         self._client.on_connect = self._on_connect
@@ -191,19 +193,28 @@ class Publisher:
             try:
                 mid = self._acks.get_nowait()
             except queue.Empty:
-                return
+                break
             if mid == -1:
                 self._inflight.clear()
             elif (message_id := self._inflight.pop(mid, None)) is not None:
+                self._acknowledged.append(message_id)
+        while self._acknowledged:
+            message_id = self._acknowledged[0]
+            try:
                 outbox.mark_sent(message_id, time.time())
-                self.sent += 1
-                self.on_sent(message_id)
+            except sqlite3.Error as error:   # state disk full or read-only: retry later;
+                self.last_error = f"cannot record deliveries: {error}"   # resent if we die
+                return
+            self._acknowledged.pop(0)
+            self.sent += 1
+            self.on_sent(message_id)
 
     def _send(self, outbox: Outbox) -> None:
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        for message in outbox.unsent(room, skip=set(self._inflight.values())):
+        waiting = set(self._inflight.values()) | set(self._acknowledged)
+        for message in outbox.unsent(room, skip=waiting):
             info = self._client.publish(message.topic, message.payload, qos=message.qos,
                                         retain=message.retain)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:

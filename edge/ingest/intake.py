@@ -29,6 +29,7 @@ from edge.ingest.journal import FileSignature, Journal, JournalEntry
 from edge.ingest.quarantine import quarantine
 from edge.ingest.workers import ReaderPool, ReadOutcome
 from edge.series.assembler import Admission, SeriesAssembler, SeriesState
+from edge.state import transaction
 from edge.stream.store import SeriesRecord, SeriesStore
 from edge.values import Slice
 
@@ -148,16 +149,13 @@ class Intake:
         if journaled is not None and journaled.path != path:
             admission, earlier = Admission.REPEAT, journaled.path   # seen before a restart
         else:
-            admission, state = self.assembler.add(headers, now)
-            earlier = state.path if admission is Admission.REPEAT else None
+            admission, seen = self.assembler.verdict(headers)
+            earlier = seen.path if seen is not None else None
         entry = dict(path=path, signature=signature, sop_instance_uid=first.sop_instance_uid,
                      series_uid=first.series_uid, frames=len(headers))
         if admission is not Admission.REPEAT:
-            self._finish(JournalEntry(status="accepted", **entry))
-            if self.store and admission in (Admission.NEW, Admission.REOPENED) and (
-                    admission is Admission.REOPENED or state.n_planes == len(headers)):
-                self.store.receiving(state.series_uid, state.study_uid, state.modality,
-                                     state.version, self.wall_clock())
+            self._accept(JournalEntry(status="accepted", **entry), admission, first)
+            admission, state = self.assembler.add(headers, now)   # recorded: now act on it
             events.append(Admitted(outcome.slices, admission, state, read_ms=outcome.read_ms))
             if state.complete:
                 events.append(Completed(state))
@@ -173,6 +171,17 @@ class Intake:
                              "that file is gone and the two cannot be compared)",
                              status="conflict")
         return events
+
+    def _accept(self, entry: JournalEntry, admission: Admission, first) -> None:
+        """Journal an accepted file and its series version together, or neither."""
+        previous = self.assembler.series.get(first.series_uid)
+        version = previous.version + (admission is Admission.REOPENED) if previous else 1
+        with transaction(self.journal.conn):
+            self.journal.record(entry, self.wall_clock())
+            if self.store and (previous is None or admission is Admission.REOPENED):
+                self.store.receiving(first.series_uid, first.study_uid, first.modality,
+                                     version, self.wall_clock())
+        self.inbox.finish(entry.path, entry.signature)
 
     def _reject(self, path: str, signature: FileSignature, kind: str, reason: str,
                 now: float) -> None:

@@ -73,6 +73,17 @@ class SeriesAssembler:
         quiet = config.series.quiet_s
         return cls(quiet.by_modality(), quiet.other, config.series.gap_factor)
 
+    def verdict(self, planes: Sequence[SliceHeader]) -> tuple[Admission, Seen | None]:
+        """What `add` would say, without changing anything: the caller records the file
+        first, then adds it, so a failed write leaves no half-admitted file."""
+        first = planes[0]
+        earlier = self.seen.get(first.sop_instance_uid)
+        if earlier is not None:
+            return Admission.REPEAT, earlier
+        state = self.series.get(first.series_uid)
+        return (Admission.REOPENED if state is not None and state.complete
+                else Admission.NEW), None
+
     def add(self, planes: Sequence[SliceHeader],
             now: float) -> tuple[Admission, SeriesState | Seen]:
         """Admit the planes of one file. Returns the verdict and the series' new state, or

@@ -184,10 +184,10 @@ class StreamingAnalyzer:
                 version=progress.version, supersedes=[], at=self._now(),
                 key=prediction.instance_key, slice_index=len(progress.predictions) - 1,
                 patient=progress.patient)
-            progress.provisional.append({"alert_id": message.message_id,
+            self.outbox.add(message, self.wall_clock())   # stored first: a failed write
+            progress.provisional.append({"alert_id": message.message_id,   # loses nothing
                                          "center_mm": lesion.center_mm,
                                          "diameter_mm": lesion.diameter_mm})
-            self.outbox.add(message, self.wall_clock())
             self.notify()
             if self.board:
                 self.board.record_alert(json.loads(message.payload))

@@ -234,12 +234,11 @@ def test_a_restart_neither_reprocesses_nor_forgets_files(make_intake):
 @pytest.fixture
 def make_streaming_intake(make_intake, config_for):
     """An Intake with a series store, as the appliance runs it."""
-    from edge.state import connect
     from edge.stream.store import SeriesStore
 
     def make(**overrides):
         intake = make_intake(**overrides)
-        intake.store = SeriesStore(connect(intake.config.paths.state_dir))
+        intake.store = SeriesStore(intake.journal.conn)
         return intake
 
     return make

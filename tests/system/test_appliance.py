@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -11,38 +10,10 @@ import time
 import pytest
 
 from edge.simulator import play, series_files
-from tests.appliance import ApplianceProcess
-from tests.mqtt import Mosquitto, Subscriber, needs_mosquitto
+from tests.appliance import digests, truth_uid, watch
+from tests.mqtt import Subscriber, needs_mosquitto
 
 pytestmark = [needs_mosquitto, pytest.mark.broker]
-
-
-@pytest.fixture
-def broker(tmp_path):
-    mosquitto = Mosquitto(tmp_path).start()
-    yield mosquitto
-    mosquitto.stop()
-
-
-@pytest.fixture
-def appliance(tmp_path, broker, tiny_zoo):
-    made = []
-
-    def make(**options) -> ApplianceProcess:
-        process = ApplianceProcess(tmp_path, broker.url, tiny_zoo, **options)
-        made.append(process)
-        return process
-
-    yield make
-    for process in made:
-        if process.process and process.process.poll() is None:
-            process.kill()
-
-
-def watch(broker: Mosquitto, app: ApplianceProcess) -> Subscriber:
-    subscriber = Subscriber(broker.port, f"{app.prefix}/#")
-    subscriber.wait_for(lambda s: any(p["state"] == "online" for p in s.on("/status")), 60)
-    return subscriber
 
 
 def analyze(zoo, *folders) -> dict:
@@ -50,15 +21,6 @@ def analyze(zoo, *folders) -> dict:
                           "--zoo", str(zoo), "--json"], capture_output=True, text=True,
                          check=True, timeout=300).stdout
     return {s["series_uid"]: s for s in json.loads(out)["series"]}
-
-
-def truth_uid(folder) -> str:
-    return json.loads((folder / "truth.json").read_text())["series_uid"]
-
-
-def digests(folder) -> dict:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in folder.rglob("*") if p.is_file()}
 
 
 def test_streamed_series_give_the_results_batch_analysis_gives(broker, appliance, pet_cases,
