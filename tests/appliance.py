@@ -16,7 +16,8 @@ class ApplianceProcess:
     """`scanside run` on tmp folders, pointed at a test broker and a test zoo."""
 
     def __init__(self, root: Path, broker_url: str, zoo: Path, appliance_id: str = "test",
-                 keepalive_s: int = 2, extra: str = ""):
+                 keepalive_s: int = 2, extra: str = "", ingest: str = ""):
+        """`ingest`: more lines for the [ingest] table; `extra`: more tables."""
         self.root, self.broker_url = root, broker_url
         self.inbox, self.state = root / "inbox", root / "state"
         self.prefix = f"scanside/{appliance_id}"
@@ -27,6 +28,7 @@ id = "{appliance_id}"
 stable_s = 0.2
 rescan_s = 1.0
 workers = 2
+{ingest}
 [series.quiet_s]
 PT = 2.0
 CT = 2.0

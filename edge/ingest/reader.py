@@ -57,7 +57,12 @@ def read_file(path: str, limits: ReadLimits = ReadLimits()) -> list[Slice]:
     ds = _read_header(path, body, syntax)
     ds.file_meta = meta
     if body.tell() >= len(body.getbuffer()):
-        _raise_if_truncated(path, ds, len(body.getbuffer()), limits)
+        try:
+            _raise_if_truncated(path, ds, len(body.getbuffer()), limits)
+        except DicomError:
+            raise
+        except Exception as error:  # converting a malformed element on the way
+            raise _parse_failure(path, "the header", error) from error
     headers = _parse(ds, path)
     element = _pixel_element(path, body, syntax, limits)
     check_pixel_element(element, headers[0], len(data))

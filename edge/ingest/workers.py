@@ -68,6 +68,10 @@ def read_outcome(path: str, limits: ReadLimits) -> ReadOutcome:
     except OSError as error:  # permissions or I/O: may be transient, so retried
         return ReadOutcome(path, rejection=Rejection(f"cannot be read: {error.strerror}",
                                                      "incomplete"))
+    except Exception as error:  # a reader bug must cost one file, never the appliance
+        return ReadOutcome(path, rejection=Rejection(
+            f"the reader failed unexpectedly ({type(error).__name__}: {error}); please "
+            "report this file", "invalid"))
 
 
 def _init_worker(memory_bytes: int) -> None:
