@@ -26,11 +26,15 @@ def free_port() -> int:
 class Mosquitto:
     """A Mosquitto process on 127.0.0.1:port that a test can stop and start again."""
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, persistent: bool = False):
+        """`persistent`: sessions, queued and retained messages survive a clean restart
+        (Mosquitto saves them on SIGTERM)."""
         self.port = port or free_port()
         self.config = folder / "mosquitto.conf"
+        persistence = (f"persistence true\npersistence_location {folder}/\n" if persistent
+                       else "persistence false\n")
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                               "persistence false\nmax_inflight_messages 100\n")
+                               f"{persistence}max_inflight_messages 100\n")
         self.log = folder / "mosquitto.log"
         self.process: subprocess.Popen | None = None
 
@@ -60,10 +64,15 @@ class Subscriber:
     """Subscribes to a topic filter and keeps every message, with its arrival time."""
 
     def __init__(self, port: int, topic: str, username: str | None = None,
-                 password: str | None = None, ca_file: Path | None = None):
+                 password: str | None = None, ca_file: Path | None = None,
+                 session: str | None = None, delay_s: float = 0.0):
+        """`session`: a client id with a persistent session (messages queue at the broker
+        while it is away); `delay_s`: time spent on each message (a slow consumer)."""
         self.messages: list[tuple[str, dict, bool, float]] = []
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.delay_s = delay_s
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=session or "",
+                                  clean_session=session is None)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         if username:
@@ -74,6 +83,7 @@ class Subscriber:
         self.client.loop_start()
 
     def _on_message(self, client, userdata, message) -> None:
+        time.sleep(self.delay_s)
         with self._lock:
             self.messages.append((message.topic, json.loads(message.payload), message.retain,
                                   time.monotonic()))
