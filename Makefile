@@ -1,7 +1,8 @@
 # scanside: set-up, run, test, benchmark.
 #   make run    the appliance on embedded defaults
 #   make test   installs everything the tests need (system packages too), then runs them
-#   make bench  the benchmark suites; results under benchmarks/results/
+#   make bench  every benchmark suite; results under benchmarks/results/ (BENCHMARKS.md)
+#   make torture  the long fault suites: 200 kills, 3000 fuzzed files (tests/system)
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -14,7 +15,7 @@ STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 # chromium (headless, driven by Playwright) is the browser of the status-page tests.
 SYSTEM_PACKAGES := dcmtk dicom3tools mosquitto mosquitto-clients openssl shellcheck chromium
 
-.PHONY: deps venv run demo test bench lint clean
+.PHONY: deps venv run demo test torture bench lint clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -53,6 +54,10 @@ demo: venv
 
 test: deps venv
 	$(PY) -m pytest -q
+
+# The CI-sized fault suites run in `make test`; this is their long version.
+torture: deps venv
+	SCANSIDE_TORTURE=1 $(PY) -m pytest -q --timeout 3600 tests/system
 
 bench: venv
 	$(PY) -m benchmarks all

@@ -1,7 +1,9 @@
-"""`python -m benchmarks SUITE...`: run benchmark suites, print figures, write JSON.
+"""`python -m benchmarks SUITE...`: run benchmark suites and report them.
 
-Benchmarks are not tests: they measure and report; targets are printed beside the figures.
-Results go to benchmarks/results/<date>-<host>-<suite>.json.
+Benchmarks are not tests: they measure and report, each figure beside its baseline from
+the same run and its target. `make bench` runs every suite and writes
+benchmarks/results/<date>-<host>.json, .md (summary) and .png (chart); a subset of suites
+writes <date>-<host>-<suites>.*. BENCHMARKS.md explains every figure.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.common import RESULTS, write_results
+from benchmarks.common import RESULTS, record_for
+from benchmarks.report import write
 
 SUITES = ("ingest", "backends", "analysis", "streaming", "mqtt")
 
@@ -30,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         from edge.inference.zoo import DEFAULT_ZOO
 
         args.zoo = DEFAULT_ZOO
+    record = record_for(suites)
+    stem = record["stem"] if "all" in args.suites else f"{record['stem']}-{'-'.join(suites)}"
     for suite in suites:
         if suite == "ingest":
             from benchmarks import ingest
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args.out.mkdir(parents=True, exist_ok=True)
             results = backends.run(args.modality, args.zoo, engines=args.engines,
-                                   chart=args.out / f"backends-{args.modality}.png")
+                                   chart=args.out / f"{stem}-backends-{args.modality}.png")
         elif suite == "analysis":
             from benchmarks import analysis
 
@@ -53,9 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import mqtt
 
             results = mqtt.run()
-        path = write_results(suite, results, args.out)
+        record["suites"][suite] = results
         print(json.dumps(results, indent=2))
-        print(f"{suite}: results written to {path}", file=sys.stderr)
+    paths = write(record, args.out, stem)
+    print(paths[1].read_text())
+    print("written: " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return 0
 
 

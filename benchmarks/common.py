@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -31,15 +30,20 @@ def machine() -> dict:
     }
 
 
-def write_results(suite: str, results: dict, out_dir: Path = RESULTS) -> Path:
-    """Write `results` with the machine stamp to `<out_dir>/<date>-<host>-<suite>.json`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def record_for(suites) -> dict:
+    """The start of a run's record: when, where (machine and GPU), which suites."""
     stamp = datetime.now(UTC)
-    record = {"suite": suite, "measured_at": stamp.isoformat(timespec="seconds"),
-              "machine": machine(), **results}
-    path = out_dir / f"{stamp:%Y-%m-%d}-{socket.gethostname()}-{suite}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return {"measured_at": stamp.isoformat(timespec="seconds"), "machine": machine(),
+            "gpu": _gpu(), "stem": f"{stamp:%Y-%m-%d}-{socket.gethostname()}",
+            "suites": {}}
+
+
+def _gpu() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def _version(name: str) -> str | None:
