@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -43,13 +44,15 @@ threads = 1
         self.process: subprocess.Popen | None = None
         self.web_port = free_port()
 
-    def start(self) -> ApplianceProcess:
+    def start(self, env: dict | None = None) -> ApplianceProcess:
+        """`env`: extra environment variables (NOTIFY_SOCKET, WATCHDOG_USEC...)."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge", "run", "--config", str(self.config),
              "--inbox", str(self.inbox), "--state-dir", str(self.state),
              "--broker", self.broker_url, "--topic-prefix", self.prefix,
              "--listen", f"127.0.0.1:{self.web_port}"],
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})})
         return self
 
     def terminate(self, timeout: float = 90) -> int:

@@ -17,11 +17,13 @@ from edge.backends.base import Backend
 from edge.errors import BackendError, ScansideError
 from edge.inference.postprocess import find_lesions
 from edge.inference.preprocess import preprocess
-from edge.series.geometry import SeriesGeometry, analyse_geometry
+from edge.series.geometry import GeometryProblem, SeriesGeometry, analyse_geometry
 from edge.values import SeriesResult, Slice, SlicePrediction
 
 # Geometry problems that make a 3D analysis meaningless rather than merely less certain.
 FATAL_PROBLEMS = ("mixed_orientation", "mixed_matrix", "mixed_spacing")
+# Problems that leave part of the body unexamined: no negative can be given.
+INCOMPLETE_PROBLEMS = ("missing_slices",)
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,21 @@ def summarise(prediction: SeriesPrediction, backend: Backend, base: dict) -> Ser
     findings = find_lesions(prediction.predictions, spacing, backend.spec)
     timings = dict(prediction.timings_ms)
     timings["postprocess"] = (time.perf_counter() - start) * 1e3
-    notes = [str(p) for p in prediction.geometry.problems]
-    return SeriesResult(status="positive" if findings else "negative",
-                        reason="; ".join(notes) or None, findings=tuple(findings),
+    status, reason = verdict(findings, prediction.geometry.problems)
+    return SeriesResult(status=status, reason=reason, findings=tuple(findings),
                         timings_ms=timings, **base)
+
+
+def verdict(findings: Sequence, problems: Sequence[GeometryProblem]) -> tuple[str, str | None]:
+    """Status and reason of an analysed series. Findings are reported whatever else is
+    wrong; "negative" is said only of a whole series: one short of the slices it
+    declares is failed, since the missing ones were never looked at."""
+    reason = "; ".join(str(p) for p in problems) or None
+    if findings:
+        return "positive", reason
+    if any(p.kind in INCOMPLETE_PROBLEMS for p in problems):
+        return "failed", f"no lesion in the slices received, but {reason}"
+    return "negative", reason
 
 
 def slice_spacing_mm(prediction: SeriesPrediction) -> float:

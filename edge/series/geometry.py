@@ -24,6 +24,7 @@ class GeometryProblem:
     """One thing wrong with a series' geometry; `kind` is stable, `detail` is for people."""
 
     kind: str    # gap | duplicate_position | mixed_orientation | mixed_matrix | mixed_spacing
+    #              | missing_slices
     detail: str
 
     def __str__(self) -> str:
@@ -71,9 +72,20 @@ def analyse_geometry(planes: Sequence[SliceHeader], gap_factor: float = 1.5) -> 
                 lambda s: f"{s[0]:g}x{s[1]:g} mm"),
         *_duplicates(ordered, duplicate),
         *_gaps(ordered, steps, duplicate, spacing, gap_factor),
+        *_short_of_count(planes),
     ]
     return SeriesGeometry(tuple(int(i) for i in order), tuple(float(z) for z in ordered),
                           spacing, tuple(problems))
+
+
+def _short_of_count(planes: Sequence[SliceHeader]) -> list[GeometryProblem]:
+    """Fewer planes than every one of them says the series has."""
+    counts = {p.expected_count for p in planes}
+    if len(counts) != 1 or None in counts or len(planes) >= (count := counts.pop()):
+        return []
+    return [GeometryProblem("missing_slices", f"only {len(planes)} of the {count} slices "
+                            "the series declares (ImagesInAcquisition or NumberOfSlices) "
+                            "arrived")]
 
 
 def _rounded(orientation) -> tuple[float, ...]:

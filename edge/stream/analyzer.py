@@ -26,7 +26,7 @@ from edge.delivery.payloads import Publishing, alert_message, message_id, result
 from edge.errors import ScansideError
 from edge.inference.postprocess import find_lesions, lesions_on_slice
 from edge.inference.preprocess import preprocess
-from edge.inference.series import FATAL_PROBLEMS, to_u8
+from edge.inference.series import FATAL_PROBLEMS, to_u8, verdict
 from edge.ingest.intake import Admitted, Completed, Forgotten
 from edge.series.assembler import Admission, SeriesState
 from edge.state import transaction
@@ -253,9 +253,8 @@ class StreamingAnalyzer:
                                 f"analysed (e.g. {missing[0]})", **base)
         spacing = geometry.slice_spacing_mm or state.planes[0].slice_thickness_mm or 1.0
         findings = find_lesions([progress.predictions[k] for k in keys], spacing, backend.spec)
-        notes = "; ".join(str(p) for p in geometry.problems) or None
-        return SeriesResult(status="positive" if findings else "negative", reason=notes,
-                            findings=tuple(findings), **base)
+        status, reason = verdict(findings, geometry.problems)
+        return SeriesResult(status=status, reason=reason, findings=tuple(findings), **base)
 
     def _publish(self, state: SeriesState, progress: Progress, result: SeriesResult,
                  backend: Backend | None) -> list:

@@ -85,3 +85,21 @@ def test_oblique_orientation_sorts_by_projection_on_its_normal():
     geometry = analyse_geometry(planes)
     assert geometry.order == (2, 1, 0)
     assert geometry.slice_spacing_mm == pytest.approx(3.0)
+
+
+def test_fewer_slices_than_the_series_declares_is_a_problem_naming_both_counts():
+    planes = [plane(2.5 * i, instance=i, expected_count=5) for i in range(4)]
+    (problem,) = analyse_geometry(planes).problems
+    assert problem.kind == "missing_slices" and "only 4 of the 5 slices" in str(problem)
+    whole = [plane(2.5 * i, instance=i, expected_count=5) for i in range(5)]
+    assert analyse_geometry(whole).contiguous
+
+
+def test_a_series_short_of_its_count_is_failed_when_nothing_is_found_positive_otherwise():
+    from edge.inference.series import verdict
+
+    short = analyse_geometry([plane(2.5 * i, instance=i, expected_count=9) for i in range(4)])
+    status, reason = verdict([], short.problems)
+    assert status == "failed" and "only 4 of the 9" in reason
+    assert verdict(["a lesion"], short.problems)[0] == "positive"
+    assert verdict([], ()) == ("negative", None)

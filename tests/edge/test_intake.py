@@ -98,7 +98,7 @@ def test_a_gap_is_reported_and_completion_waits_for_the_quiet_period(make_intake
     assert not admitted[-1].series.complete
     (done,) = intake.assembler.due(1.0 + intake.config.series.quiet_s.CT)
     assert done.completed_by == "quiet period"
-    assert [p.kind for p in done.geometry.problems] == ["gap"]
+    assert [p.kind for p in done.geometry.problems] == ["gap", "missing_slices"]
 
 
 def test_duplicate_by_uid_is_journaled_and_left_in_place(make_intake):

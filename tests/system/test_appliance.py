@@ -117,3 +117,30 @@ def test_a_broker_down_for_30_s_during_a_scan_loses_nothing(broker, appliance, p
         assert app.terminate() == 0
     finally:
         subscriber.close()
+
+
+def test_slices_gone_from_the_inbox_during_a_restart_make_the_series_failed(
+        broker, appliance, pet_cases):
+    """Half a series arrives, the appliance stops, the first file is removed (read or
+    not yet): after the restart the series cannot be analysed whole, and says so, never
+    "negative"."""
+    app = appliance().start()
+    subscriber = watch(broker, app)
+    files = series_files(pet_cases[2])
+    try:
+        for _ in play(files[:len(files) // 2], app.inbox, 100.0, "s2"):
+            pass
+        time.sleep(1.5)
+        assert app.terminate() == 0
+        (app.inbox / "s2" / files[0].name).unlink()          # e.g. a router cleaning up
+        app.start()
+        for _ in play(files[len(files) // 2:], app.inbox, 100.0, "s2"):
+            pass
+        subscriber.wait_for(lambda s: len(s.on("/results")) == 1, 120)
+        (result,) = subscriber.on("/results")
+        assert result["status"] == "failed"
+        assert ("no longer in the inbox" in result["reason"]            # journaled, gone
+                or "only 82 of the 83 slices" in result["reason"])      # never read
+        assert app.terminate() == 0
+    finally:
+        subscriber.close()
