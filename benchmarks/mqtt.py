@@ -39,6 +39,12 @@ class _Receiver:
         if len(self.times) >= self.expected:
             self.done.set()
 
+    def burst_ms(self, burst: int, start: float) -> float:
+        missing = [i for i in range(burst) if f"b{i}" not in self.times]
+        if missing:
+            raise RuntimeError(f"{len(missing)} of {burst} burst messages never arrived")
+        return (max(self.times[f"b{i}"] for i in range(burst)) - start) * 1e3
+
     def close(self):
         self.client.loop_stop()
         self.client.disconnect()
@@ -63,7 +69,7 @@ def bare(port: int, n: int = 1000, burst: int = 100) -> dict:
     for i in range(burst):                              # all at once: a burst
         client.publish("bench/bare", json.dumps({"id": f"b{i}"}), qos=1)
     receiver.done.wait(30)
-    burst_ms = (max(receiver.times[f"b{i}"] for i in range(burst)) - start) * 1e3
+    burst_ms = receiver.burst_ms(burst, start)
     client.loop_stop()
     client.disconnect()
     receiver.close()
@@ -110,7 +116,7 @@ def through_outbox(port: int, n: int = 300, burst: int = 100) -> dict:
         for i in range(burst):
             store(f"b{i}")
         receiver.done.wait(30)
-        burst_ms = (max(receiver.times[f"b{i}"] for i in range(burst)) - start) * 1e3
+        burst_ms = receiver.burst_ms(burst, start)
         publisher.stop(drain_s=2)
     receiver.close()
     return {"latency_ms": _percentiles(latencies), "received": len(latencies),
