@@ -60,7 +60,7 @@ torture: deps venv
 	SCANSIDE_TORTURE=1 $(PY) -m pytest -q --timeout 3600 tests/system
 
 bench: venv
-	$(PY) -m benchmarks all
+	$(PY) -m benchmarks all $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check edge export models benchmarks tests

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:            # the embedded broker's state machine logs every step
+        for chatty in ("transitions", "amqtt"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return args.handler(args)
     except ScansideError as error:
@@ -172,8 +175,8 @@ def _parser() -> argparse.ArgumentParser:
     step.set_defaults(handler=_export_triton)
 
     commands.add_parser(
-        "bench", help="benchmark suites (ingest, backends, analysis); JSON in "
-                      "benchmarks/results (scanside bench --help)")
+        "bench", help="benchmark suites (ingest, backends, analysis, streaming, mqtt); "
+                      "results in benchmarks/results (scanside bench --help)")
 
     synth = commands.add_parser(
         "synth", help="write synthetic CT, MR or PET series with ground truth",

@@ -105,9 +105,10 @@ def test_a_series_arrives_advances_and_ends_in_an_alert_with_its_overlay(running
                            ".naturalWidth > 0")
     assert "TUMOUR SUSPECTED" in page.text_content("#results .card.positive")
     assert "FINAL" in page.text_content("#alerts")
+    page.screenshot(path=str(running.root / "status-page.png"), full_page=True)  # README's
     page.click("#results .card.positive img")
     page.wait_for_selector("#viewer[open] img")
-    page.screenshot(path=str(running.root / "status-page.png"), full_page=True)
+    page.screenshot(path=str(running.root / "overlay.png"), full_page=True)
     assert navigations == []                                # live updates, no reload
     assert page.problems == []
 

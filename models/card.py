@@ -1,0 +1,167 @@
+"""`python -m models.card ZOO/MODALITY --command "..."`: write the model card, card.md.
+
+Everything on the card is read from the files beside it (checkpoint, calibration,
+held-out evaluation, parity reports, training history) or measured when the card is
+written (ONNX Runtime per-slice latency on this machine), so a card cannot drift from
+the model it describes. The training command is the one thing the files do not record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models.checkpoint import load_checkpoint
+from models.network import count_parameters, gflops_per_slice
+
+# issue 3's acceptance targets on the held-out set
+TARGETS = {"lesion_sensitivity": (">=", 0.85), "lesion_sensitivity_10mm_or_more": (">=", 0.95),
+           "false_positives_per_scan": ("<=", 0.5), "series_specificity": (">=", 0.9)}
+LABELS = {"lesion_sensitivity": "lesion sensitivity, all lesions",
+          "lesion_sensitivity_10mm_or_more": "lesion sensitivity, lesions >= 10 mm",
+          "false_positives_per_scan": "false positives per scan",
+          "series_specificity": "series-level specificity",
+          "series_sensitivity": "series-level sensitivity", "series_auc": "series-level AUC",
+          "dice": "Dice (voxels, all series)"}
+
+
+def slice_latency_ms(onnx_path: Path, threads: int = 2, runs: int = 30) -> float:
+    """Median ONNX Runtime CPU time for one network input (batch 1), after warm-up."""
+    from edge.backends.onnxruntime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(onnx_path, ["CPUExecutionProvider"], threads=threads)
+    spec = backend.spec
+    batch = np.random.default_rng(0).uniform(
+        0, 1, (1, spec.channels, spec.size, spec.size)).astype(np.float32)
+    for _ in range(5):
+        backend.infer(batch)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        backend.infer(batch)
+        times.append((time.perf_counter() - start) * 1e3)
+    backend.close()
+    return statistics.median(times)
+
+
+def _met(key: str, value: float) -> str:
+    op, target = TARGETS[key]
+    ok = value >= target if op == ">=" else value <= target
+    return f"{op} {target:g}: {'met' if ok else '**missed**'}"
+
+
+def _parity_line(path: Path) -> str:
+    if not path.exists():
+        return f"- {path.name}: not run"
+    r = json.loads(path.read_text())
+    return (f"- `{path.name}`: {'passed' if r['passed'] else '**FAILED**'} on {r['series']} "
+            f"held-out series; largest probability difference {r['max_abs_error']:.2g}; "
+            f"{r['reference_lesions_found']} of {r['reference_lesions']} reference lesions "
+            f"found; Dice {r['dice_reference']:.4f} -> {r['dice_candidate']:.4f}")
+
+
+def card(folder: Path, command: str, heldout_seed: int) -> str:
+    checkpoint = load_checkpoint(folder / "model.pt")
+    spec, network = checkpoint.spec, checkpoint.network
+    modality = spec.modality
+    evaluation = json.loads((folder / "eval" / "eval.json").read_text())[modality]
+    calibration = json.loads((folder / "calibration.json").read_text())["chosen"]
+    # history.json covers the whole run; the checkpoint's own history stops at its epoch
+    history_file = folder / "history.json"
+    history = (json.loads(history_file.read_text()) if history_file.exists()
+               else checkpoint.history)
+    best = max(history, key=lambda h: h.get("val_dice", 0.0))
+    data = spec.training_data
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "this CPU")
+    latency = slice_latency_ms(folder / "model.onnx")
+    sizes = {name: (folder / name).stat().st_size / 2**20
+             for name in ("model.pt", "model.onnx", "model.fp16.onnx")
+             if (folder / name).exists()}
+    figures = "\n".join(
+        f"| {LABELS[k]} | {evaluation[k]:.3f} | {_met(k, evaluation[k]) if k in TARGETS else ''} |"
+        for k in LABELS)
+    missed = evaluation["missed"]
+    thresholds = spec.thresholds
+    intensity = spec.intensity
+    windows = f", windows {list(intensity.windows)}" if intensity.windows else ""
+    return f"""# scanside {modality} model
+
+**Trained and evaluated on synthetic studies only. Not for clinical use.** Its figures
+say how well it finds the lesions `scanside synth` draws, not tumours in patients.
+
+## What it is
+
+- 2D residual U-Net with attention gates on the skips and a slice-level tumour head
+  (`models/network.py`): base {network.base_channels} channels, depth {network.depth},
+  at most {network.max_channels} channels; {count_parameters(checkpoint.build()):,} parameters;
+  {gflops_per_slice(network, spec.size):.2f} GFLOP per network input.
+- Input: {spec.channels} x {spec.size} x {spec.size}, each slice resampled to {spec.spacing_mm} mm
+  pixels; intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{windows}).
+- Thresholds, chosen by `scanside calibrate` on a calibration set used for nothing else:
+  a lesion is reported when its peak probability reaches {thresholds.detection_probability}
+  (pixels above {thresholds.lesion_probability} form it) and its volume is at least
+  {thresholds.min_volume_mm3:g} mm3. On the calibration set they gave lesion sensitivity
+  {calibration['lesion_sensitivity']:.3f} at {calibration['false_positives_per_scan']:.2f}
+  false positives per scan.
+- Files: {', '.join(f'`{n}` {s:.1f} MiB' for n, s in sizes.items())}.
+- Per-slice cost: {latency:.1f} ms median for one network input, ONNX Runtime FP32 on 2
+  threads of {cpu}, measured when this card was written. Whole-slice figures (reading
+  and preprocessing included) are in BENCHMARKS.md.
+
+## How it was made
+
+```sh
+{command}
+```
+
+- Training data: {data.get('cases', '?')} synthetic series, {data.get('validation_cases', '?')}
+  of them held back for validation (split by patient); training seed
+  {data.get('seed', '?')}; data digest `{str(data.get('digest', ''))[:16]}`.
+- {len(history)} epochs; the checkpoint kept is the one with the best validation Dice,
+  {best['val_dice']:.4f} at epoch {best['epoch']}. Curves: `training.png`.
+
+## How well it does
+
+On {evaluation['series']} held-out synthetic series ({evaluation['positive_series']} with
+lesions; {evaluation['lesions']} lesions, {evaluation['lesions_10mm_or_more']} of them
+>= 10 mm) generated with seed {heldout_seed}, which no training or calibration set used.
+A hit is a finding whose centre lies within max(5 mm, 0.75 x diameter) of the lesion's.
+
+| figure | value | target (issue 3) |
+|---|---|---|
+{figures}
+
+FROC (`eval/froc.png`), lesion sensitivity at a false-positive rate per scan:
+{', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
+Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
+listed in `eval/eval.json` with its size, shape and organ.
+
+## Conversion parity
+
+{_parity_line(folder / 'onnx-parity.json')}
+{_parity_line(folder / 'fp16-parity.json')}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.card", description=__doc__)
+    parser.add_argument("folder", type=Path, help="a zoo entry, e.g. models/zoo/CT")
+    parser.add_argument("--command", required=True, help="the training command")
+    parser.add_argument("--heldout-seed", type=int, required=True,
+                        help="the `scanside synth` seed of the held-out evaluation set")
+    args = parser.parse_args(argv)
+    (args.folder / "card.md").write_text(card(args.folder, args.command, args.heldout_seed))
+    print(f"written: {args.folder / 'card.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
