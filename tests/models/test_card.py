@@ -1,0 +1,33 @@
+"""The model card is written from the files of a zoo entry, never by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from models.calibrate import calibrate
+from models.card import card
+from models.evaluate import evaluate, write_report
+from models.torch_backend import TorchBackend
+
+
+def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_zoo, pet_cases,
+                                                                          tmp_path):
+    entry = tmp_path / "PT"
+    shutil.copytree(tiny_zoo / "PT", entry)
+    with TorchBackend(entry / "model.pt") as backend:
+        calibrate(pet_cases, entry / "model.pt", entry / "model.pt", backend)
+    (entry / "model.pt.calibration.json").rename(entry / "calibration.json")
+    with TorchBackend(entry / "model.pt") as backend:
+        write_report({"PT": evaluate(pet_cases, backend)}, entry / "eval")
+    figures = json.loads((entry / "eval" / "eval.json").read_text())["PT"]
+
+    text = card(entry, "scanside train --data d --modality PT --out r", heldout_seed=77)
+
+    assert "Not for clinical use" in text and "scanside train --data d" in text
+    assert "generated with seed 77" in text
+    fp = figures["false_positives_per_scan"]
+    row = next(line for line in text.splitlines() if line.startswith("| false positives"))
+    assert f"| {fp:.3f} |" in row and ("met" if fp <= 0.5 else "**missed**") in row
+    assert "- onnx-parity.json: not run" in text
+    assert "ms median for one network input" in text
