@@ -25,7 +25,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import DicomCase
 from models.evaluate import CaseResult, match, metrics
 
-DETECTION = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
+DETECTION = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 0.9995, 0.9999)
 VOLUME_MM3 = (5.0, 15.0, 30.0, 60.0, 120.0)
 
 

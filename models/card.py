@@ -66,7 +66,7 @@ def _parity_line(path: Path) -> str:
             f"found; Dice {r['dice_reference']:.4f} -> {r['dice_candidate']:.4f}")
 
 
-def card(folder: Path, command: str, heldout_seed: int) -> str:
+def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> str:
     checkpoint = load_checkpoint(folder / "model.pt")
     spec, network = checkpoint.spec, checkpoint.network
     modality = spec.modality
@@ -148,7 +148,7 @@ listed in `eval/eval.json` with its size, shape and organ.
 
 {_parity_line(folder / 'onnx-parity.json')}
 {_parity_line(folder / 'fp16-parity.json')}
-"""
+""" + (f"\n## Known weaknesses\n\n{remarks.strip()}\n" if remarks.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", required=True, help="the training command")
     parser.add_argument("--heldout-seed", type=int, required=True,
                         help="the `scanside synth` seed of the held-out evaluation set")
+    parser.add_argument("--remarks", default="",
+                        help="what the figures do not say: why a target is missed, say")
     args = parser.parse_args(argv)
-    (args.folder / "card.md").write_text(card(args.folder, args.command, args.heldout_seed))
+    (args.folder / "card.md").write_text(card(args.folder, args.command, args.heldout_seed,
+                                              args.remarks))
     print(f"written: {args.folder / 'card.md'}", file=sys.stderr)
     return 0
 

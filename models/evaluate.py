@@ -96,16 +96,19 @@ def evaluate(folders: Sequence[Path], backend: Backend) -> list[CaseResult]:
 
 
 def froc(cases: Sequence[CaseResult]) -> list[dict]:
-    """(threshold, sensitivity, false positives per scan) at every finding probability."""
+    """(threshold, sensitivity, false positives per scan) at every distinct finding
+    probability. Findings with equal probabilities (saturated at 1.0, say) pass or fail
+    a threshold together, so a point is taken only after the last of them."""
     lesions = sum(len(c.truth) for c in cases)
     marks = sorted(((f.probability, m is not None) for c in cases
                     for f, m in zip(c.findings, c.matches, strict=True)), reverse=True)
     points, hits, false = [], 0, 0
-    for probability, hit in marks:
+    for i, (probability, hit) in enumerate(marks):
         hits += hit
         false += not hit
-        points.append({"threshold": probability, "sensitivity": hits / max(lesions, 1),
-                       "fp_per_scan": false / max(len(cases), 1)})
+        if i + 1 == len(marks) or marks[i + 1][0] != probability:
+            points.append({"threshold": probability, "sensitivity": hits / max(lesions, 1),
+                           "fp_per_scan": false / max(len(cases), 1)})
     return points
 
 

@@ -73,6 +73,14 @@ def test_froc_walks_down_the_probabilities():
     assert sensitivity_at(points, 1.0) == 1.0
 
 
+def test_findings_of_equal_probability_count_together_on_the_froc():
+    cases = [case("a", [lesion(0)], [finding(0, 1.0), finding(50, 1.0)]),
+             case("b", [], [finding(10, 1.0)])]
+    points = froc(cases)
+    assert [(p["sensitivity"], p["fp_per_scan"]) for p in points] == [(1.0, 1.0)]
+    assert sensitivity_at(points, 0.5) == 0.0   # no threshold keeps the hit alone
+
+
 def test_a_set_without_negatives_has_no_specificity():
     assert math.isnan(metrics([case("a", [lesion(0)], [finding(0)])])["series_specificity"])
     assert metrics([case("a", [lesion(0)], [finding(0)])])["series_auc"] != pytest.approx(0)
