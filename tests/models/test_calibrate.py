@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from models.calibrate import calibrate, choose
+from models.calibrate import DETECTION, VOLUME_MM3, calibrate, choose
 from models.checkpoint import load_checkpoint
 from models.torch_backend import TorchBackend
 
@@ -39,5 +39,5 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
     assert calibrated.thresholds.min_volume_mm3 == chosen["min_volume_mm3"]
     assert calibrated.training_data["calibration"]["series"] == len(pet_cases)
     points = json.loads((tmp_path / "calibrated.pt.calibration.json").read_text())["points"]
-    assert len(points) == 40
+    assert len(points) == len(DETECTION) * len(VOLUME_MM3)
     assert load_checkpoint(source).spec.thresholds.detection_probability == 0.5   # untouched
