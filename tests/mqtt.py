@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import socket
@@ -33,7 +34,10 @@ class Mosquitto:
         self.config = folder / "mosquitto.conf"
         persistence = (f"persistence true\npersistence_location {folder}/\n" if persistent
                        else "persistence false\n")
+        # Started as root, Mosquitto switches to the `mosquitto` user, which cannot write
+        # its database into a test's private folder: keep it as whoever runs the tests.
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                               f"user {getpass.getuser()}\n"
                                f"{persistence}max_inflight_messages 100\n")
         self.log = folder / "mosquitto.log"
         self.process: subprocess.Popen | None = None
