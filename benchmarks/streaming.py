@@ -34,19 +34,31 @@ from tqdm import tqdm
 from edge.inference.zoo import DEFAULT_ZOO
 
 STABLE_S = 0.2
+CACHE = Path(__file__).resolve().parents[1] / "var" / "bench"     # git ignores var/
 
 
 def ct_series(out: Path, count: int, seed: int = 2024) -> list[Path]:
-    """`count` synthetic CTs of 50-70 slices with at least one lesion of 15 mm or more."""
+    """`count` synthetic CTs of 50-70 slices with at least one lesion of 15 mm or more.
+
+    Most synthetic CTs are longer, so finding them takes minutes: those found are kept in
+    `out` and reused by the next run."""
     from models.synthetic.series import write_case
 
-    found, index = [], 0
-    with tqdm(total=count, desc="synthesising CT series", unit="series") as bar:
+    def suitable(folder: Path) -> bool:
+        truth = json.loads((folder / "truth.json").read_text())
+        n = len(np.load(folder / "mask.npz")["sop_instance_uids"])
+        return 50 <= n <= 70 and any(le["diameter_mm"] >= 15 for le in truth["lesions"])
+
+    out.mkdir(parents=True, exist_ok=True)
+    kept = sorted(f for f in out.iterdir() if (f / "truth.json").exists() and suitable(f))
+    found = kept[:count]
+    index = 1 + max((json.loads((f / "truth.json").read_text())["generator"]["case"]
+                     for f in kept), default=-1)
+    with tqdm(total=count, initial=len(found), desc="synthesising CT series",
+              unit="series") as bar:
         while len(found) < count:
             folder = write_case("CT", seed, index, out)
-            truth = json.loads((folder / "truth.json").read_text())
-            n = len(np.load(folder / "mask.npz")["sop_instance_uids"])
-            if 50 <= n <= 70 and any(le["diameter_mm"] >= 15 for le in truth["lesions"]):
+            if suitable(folder):
                 found.append(folder)
                 bar.update()
             else:
@@ -77,6 +89,7 @@ def stream_once(folder: Path, zoo: Path, broker_url: str, work: Path, rate: floa
     from tests.mqtt import Subscriber
 
     inbox, state = work / "inbox", work / "state"
+    work.mkdir(parents=True, exist_ok=True)
     config = work / "scanside.toml"
     config.write_text(f'[appliance]\nid = "bench"\n[ingest]\nstable_s = {STABLE_S}\n'
                       f'[models]\nzoo = "{zoo}"\nthreads = 2\n')
@@ -123,7 +136,7 @@ def run(zoo: Path = DEFAULT_ZOO, runs: int = 5, rate: float = 10.0, threads: int
 
     with tempfile.TemporaryDirectory(prefix="scanside-bench-") as scratch:
         scratch = Path(scratch)
-        series = ct_series(scratch / "series", runs)
+        series = ct_series(CACHE / "streaming-CT", runs)
         broker = Mosquitto(scratch).start()
         try:
             streamed, batch = [], []
