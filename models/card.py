@@ -4,15 +4,14 @@ Everything on the card is read from the files beside it (checkpoint, calibration
 held-out evaluation, parity reports, training history) or measured when the card is
 written (ONNX Runtime per-slice latency on this machine), so a card cannot drift from
 the model it describes. The training command is the one thing the files do not record.
+Like `make bench`, it runs from a checkout: it times with the benchmarks' own code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,23 +30,17 @@ LABELS = {"lesion_sensitivity": "lesion sensitivity, all lesions",
           "dice": "Dice (voxels, all series)"}
 
 
-def slice_latency_ms(onnx_path: Path, threads: int = 2, runs: int = 30) -> float:
-    """Median ONNX Runtime CPU time for one network input (batch 1), after warm-up."""
+def slice_latency_ms(onnx_path: Path, threads: int = 2) -> float:
+    """Median ONNX Runtime CPU time for one network input (batch 1), after warm-up,
+    timed as the backends benchmark times it."""
+    from benchmarks.backends import measure
     from edge.backends.onnxruntime import OnnxRuntimeBackend
 
-    backend = OnnxRuntimeBackend(onnx_path, ["CPUExecutionProvider"], threads=threads)
-    spec = backend.spec
-    batch = np.random.default_rng(0).uniform(
-        0, 1, (1, spec.channels, spec.size, spec.size)).astype(np.float32)
-    for _ in range(5):
-        backend.infer(batch)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        backend.infer(batch)
-        times.append((time.perf_counter() - start) * 1e3)
-    backend.close()
-    return statistics.median(times)
+    with OnnxRuntimeBackend(onnx_path, ["CPUExecutionProvider"], threads=threads) as backend:
+        spec = backend.spec
+        batch = np.random.default_rng(0).uniform(
+            0, 1, (1, spec.channels, spec.size, spec.size)).astype(np.float32)
+        return measure(backend.infer, batch, warmup=5, iterations=30)["p50_ms"]
 
 
 def _met(key: str, value: float) -> str:
@@ -67,6 +60,8 @@ def _parity_line(path: Path) -> str:
 
 
 def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> str:
+    from benchmarks.common import machine
+
     checkpoint = load_checkpoint(folder / "model.pt")
     spec, network = checkpoint.spec, checkpoint.network
     modality = spec.modality
@@ -78,9 +73,7 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
                else checkpoint.history)
     best = max(history, key=lambda h: h.get("val_dice", 0.0))
     data = spec.training_data
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "this CPU")
+    cpu = machine()["cpu"]
     latency = slice_latency_ms(folder / "model.onnx")
     sizes = {name: (folder / name).stat().st_size / 2**20
              for name in ("model.pt", "model.onnx", "model.fp16.onnx")
