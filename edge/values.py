@@ -100,9 +100,8 @@ class SliceHeader:
 class Slice:
     """One decoded image plane.
 
-    `stored` keeps the file's own integer type: it is half the size of float32 and crosses
-    the process boundary from the reader workers twice as fast. `pixels()` gives physical
-    units.
+    `stored` keeps the file's own integer type, half the size of float32 (native pixel
+    data is a view of the bytes read from the file). `pixels()` gives physical units.
     """
 
     header: SliceHeader

@@ -22,7 +22,7 @@ from pebble import ProcessExpired, ProcessPool
 
 from edge.config import Config
 from edge.errors import DicomError, IncompleteDicomError
-from edge.ingest.reader import ReadLimits, read_file
+from edge.ingest.reader import ParsedFile, ReadLimits, parse_file
 from edge.values import Slice
 
 
@@ -46,32 +46,52 @@ class ReadOutcome:
     slices: tuple[Slice, ...] = ()
     rejection: Rejection | None = None
     read_ms: float = 0.0                  # in the worker: checks and decoding
+    parsed: ParsedFile | None = None      # from a worker: native pixels still in the file
 
 
 def read_outcome(path: str, limits: ReadLimits) -> ReadOutcome:
-    """Read one file and turn every expected failure into a value (runs in a worker)."""
+    """Read one file and turn every expected failure into a value (runs in a worker).
+
+    Native pixel values are left in the file for `with_pixels` to read in the process
+    that receives the outcome; compressed ones are decoded here, inside the sandbox.
+    """
     start = time.perf_counter()
     try:
-        slices = tuple(read_file(path, limits))
-        return ReadOutcome(path, slices, read_ms=(time.perf_counter() - start) * 1e3)
-    except IncompleteDicomError as error:
-        return ReadOutcome(path, rejection=Rejection(error.reason, "incomplete"))
-    except DicomError as error:
-        return ReadOutcome(path, rejection=Rejection(error.reason, "invalid"))
-    except MemoryError:
-        return ReadOutcome(path, rejection=Rejection(
-            "reading needed more memory than the reader's limit (ingest.worker_memory_mb)",
-            "invalid"))
-    except FileNotFoundError:
-        return ReadOutcome(path, rejection=Rejection("the file vanished before it was read",
-                                                     "gone"))
-    except OSError as error:  # permissions or I/O: may be transient, so retried
-        return ReadOutcome(path, rejection=Rejection(f"cannot be read: {error.strerror}",
-                                                     "incomplete"))
-    except Exception as error:  # a reader bug must cost one file, never the appliance
-        return ReadOutcome(path, rejection=Rejection(
-            f"the reader failed unexpectedly ({type(error).__name__}: {error}); please "
-            "report this file", "invalid"))
+        parsed = parse_file(path, limits)
+        slices = () if parsed.native else tuple(parsed.slices())
+    except Exception as error:
+        return ReadOutcome(path, rejection=_rejection(error))
+    return ReadOutcome(path, slices, read_ms=(time.perf_counter() - start) * 1e3,
+                       parsed=parsed if parsed.native else None)
+
+
+def with_pixels(outcome: ReadOutcome) -> ReadOutcome:
+    """The outcome with native pixel values read from the file (in the receiving process)."""
+    if outcome.parsed is None:
+        return outcome
+    try:
+        slices = tuple(outcome.parsed.slices())
+    except Exception as error:
+        return ReadOutcome(outcome.path, rejection=_rejection(error))
+    return ReadOutcome(outcome.path, slices, read_ms=outcome.read_ms)
+
+
+def _rejection(error: Exception) -> Rejection:
+    """Every expected failure of reading a file as a value."""
+    if isinstance(error, IncompleteDicomError):
+        return Rejection(error.reason, "incomplete")
+    if isinstance(error, DicomError):
+        return Rejection(error.reason, "invalid")
+    if isinstance(error, MemoryError):
+        return Rejection("reading needed more memory than the reader's limit "
+                         "(ingest.worker_memory_mb)", "invalid")
+    if isinstance(error, FileNotFoundError):
+        return Rejection("the file vanished before it was read", "gone")
+    if isinstance(error, OSError):  # permissions or I/O: may be transient, so retried
+        return Rejection(f"cannot be read: {error.strerror}", "incomplete")
+    # a reader bug must cost one file, never the appliance
+    return Rejection(f"the reader failed unexpectedly ({type(error).__name__}: {error}); "
+                     "please report this file", "invalid")
 
 
 def _init_worker(memory_bytes: int) -> None:
@@ -127,7 +147,7 @@ class ReaderPool:
 
     def _outcome(self, path: str, task: Future) -> ReadOutcome:
         try:
-            return task.result()
+            return with_pixels(task.result())
         except FutureTimeout:
             reason = (f"reading took longer than {self.timeout_s:g} s (ingest.file_timeout_s); "
                       "the reader process was stopped")

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import RLELossless
 
 from edge.errors import DicomError, IncompleteDicomError
-from edge.ingest.reader import ReadLimits, read_file
+from edge.ingest.reader import ReadLimits, parse_file, read_file
 from models.synthetic.dicom import StorageConvention
 from tests.factories import (
     PYDICOM_DATA,
     SAGITTAL,
     deflate_bomb,
     enhanced_ct,
+    pydicom_sample_files,
     tiny_series,
     truncate,
     with_header_length,
@@ -197,3 +201,57 @@ def test_error_names_file_tag_value_and_expectation(tmp_path):
     assert "PixelSpacing (0028,0030) is [0.0, 0.7]" in message
     assert "expected two positive numbers in mm" in message
 
+
+
+# Native pixel data is located by the header check and read by the process that uses it;
+# only the first `ReadLimits.head_bytes` are read for the check when they hold the header.
+
+SMALL_HEAD = ReadLimits(head_bytes=256)
+
+
+def test_a_header_longer_than_the_first_bytes_is_read_from_the_whole_file(tmp_path):
+    source = tiny_series(1, rows=64, columns=64).write(tmp_path)[0]
+    ds = dcmread(source)
+    ds.private_block(0x0009, "SCANSIDE TEST", create=True).add_new(0x10, "OB", b"\x02" * 4000)
+    ds.save_as(source)
+    (plane,) = read_file(str(source), SMALL_HEAD)
+    np.testing.assert_array_equal(plane.stored, dcmread(source).pixel_array)
+
+
+def test_a_large_file_cut_in_the_pixel_data_is_incomplete_from_its_first_bytes(tmp_path):
+    path = truncate(tiny_series(1, rows=64, columns=64).write(tmp_path)[0], -40)
+    with pytest.raises(IncompleteDicomError, match="40 bytes into the pixel data"):
+        parse_file(str(path), SMALL_HEAD)     # from the file's size: the end is never read
+
+
+def test_a_file_changed_between_its_header_check_and_its_pixel_read_is_incomplete(tmp_path):
+    path = tiny_series(1, rows=64, columns=64).write(tmp_path)[0]
+    parsed = parse_file(str(path))
+    data = bytearray(path.read_bytes())
+    data[-2:] = b"\x7f\x7f"
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))
+    with pytest.raises(IncompleteDicomError, match="changed after its header was read"):
+        parsed.slices()
+
+
+def test_reading_the_first_bytes_decides_every_pydicom_file_like_reading_it_whole(tmp_path):
+    """The head-first path may only be faster: every file of pydicom's corpus gives the same
+    slices or the same rejection as when the whole file is read first."""
+    whole = ReadLimits(head_bytes=1 << 40)
+    for path in pydicom_sample_files():
+        if path.stat().st_size > 20 << 20:
+            continue                      # the large samples are read by the corpus test
+        outcome = {}
+        for name, limits in (("head", SMALL_HEAD), ("whole", whole)):
+            try:
+                outcome[name] = [(s.header, s.stored) for s in read_file(str(path), limits)]
+            except DicomError as error:
+                outcome[name] = (type(error), error.reason)
+        head, full = outcome["head"], outcome["whole"]
+        if isinstance(full, tuple):
+            assert head == full, path
+        else:
+            assert [h for h, _ in head] == [h for h, _ in full], path
+            for (_, a), (_, b) in zip(head, full, strict=True):
+                np.testing.assert_array_equal(a, b, err_msg=str(path))

@@ -7,7 +7,9 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydicom import dcmread
 
 from edge.ingest.reader import ReadLimits
 from edge.ingest.workers import ReaderPool
@@ -34,6 +36,8 @@ def test_reads_a_good_file_into_slices(reader_pool, tmp_path):
     outcome = reader_pool.read(str(path))
     assert outcome.rejection is None
     assert outcome.slices[0].header.modality == "CT"
+    # native pixels are read in this process, from the file the worker checked
+    np.testing.assert_array_equal(outcome.slices[0].stored, dcmread(path).pixel_array)
 
 
 def test_a_file_that_never_finishes_parsing_times_out_and_the_pool_carries_on(tmp_path):
