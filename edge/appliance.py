@@ -264,12 +264,12 @@ class Appliance:
         self._put(intake.restore_unfinished(time.monotonic()))
         next_rescan = next_check = time.monotonic()
         while not self.stopping.is_set():
-            now = time.monotonic()
-            self.health.heartbeats["intake"] = now
             woken = self.wake.is_set()
             if woken:
                 self.wake.clear()
                 time.sleep(0.05)                      # let a burst of events settle
+            now = time.monotonic()                    # after: completion times are exact
+            self.health.heartbeats["intake"] = now
             scan = woken or now >= next_rescan or now >= next_check
             if now >= next_rescan:
                 next_rescan = now + config.ingest.rescan_s

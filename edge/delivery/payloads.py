@@ -64,12 +64,17 @@ def _patient(publishing: Publishing, patient: Patient | None) -> dict:
 
 def result_message(publishing: Publishing, result: SeriesResult, *, supersedes: str | None,
                    model: dict, completed_by: str | None, at: datetime,
+                   completed_at: datetime | None = None,
                    patient: Patient | None = None) -> Message:
-    """One result per analysed series version: positive, negative or failed."""
+    """One result per analysed series version: positive, negative or failed.
+
+    `completed_at`: when the series was known complete (its last expected slice read, or
+    its quiet period over), so a consumer sees how long the analysis took after that."""
     result_id = message_id(publishing.appliance_id, result.series_uid, result.version, "result")
     body = {"result_id": result_id, "version": result.version, "supersedes": supersedes,
             "appliance_id": publishing.appliance_id, **result.to_json(),
-            "n_slices": result.n_slices, "completed_by": completed_by, "model": model,
+            "n_slices": result.n_slices, "completed_by": completed_by,
+            "completed_at": _now(completed_at) if completed_at else None, "model": model,
             "analysed_at": _now(at), **_patient(publishing, patient)}
     return Message(result_id, publishing.topic("results"), json.dumps(body), "result",
                    result.series_uid)

@@ -30,19 +30,33 @@ def find_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: float
     if not predictions:
         return []
     probabilities = np.stack([p.lesion_probability for p in predictions])
-    labels, count = ndimage.label(probabilities >= spec.thresholds.lesion_probability,
-                                  structure=np.ones((3, 3, 3), bool))
+    mask = probabilities >= spec.thresholds.lesion_probability
+    if not mask.any():
+        return []
+    # Components are labelled inside the box around every voxel above the threshold:
+    # lesions are small against a series, and labelling costs by the voxel.
+    around = tuple(slice(*_extent(mask.any(axis=other)))
+                   for other in ((1, 2), (0, 2), (0, 1)))
+    labels, count = ndimage.label(mask[around], structure=np.ones((3, 3, 3), bool))
     voxel_mm3 = spec.spacing_mm**2 * slice_spacing_mm
     thresholds = spec.thresholds
     findings = []
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        component = labels[box] == index
+    for index, inner in enumerate(ndimage.find_objects(labels), start=1):
+        component = labels[inner] == index
+        box = tuple(slice(a.start + b.start, a.start + b.stop)
+                    for a, b in zip(around, inner, strict=True))
         volume = float(component.sum()) * voxel_mm3
         if volume < thresholds.min_volume_mm3 or \
                 probabilities[box][component].max() < thresholds.detection_probability:
             continue
         findings.append(_measure(component, box, probabilities, predictions, volume))
     return sorted(findings, key=lambda f: -f.probability)
+
+
+def _extent(present: np.ndarray) -> tuple[int, int]:
+    """First and one-past-last index where `present` is true (somewhere)."""
+    where = np.flatnonzero(present)
+    return int(where[0]), int(where[-1]) + 1
 
 
 def _measure(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,

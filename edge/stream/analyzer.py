@@ -263,9 +263,11 @@ class StreamingAnalyzer:
             if state.version > 1 else None
         model = {"name": backend.spec.name, "version": backend.spec.version,
                  "backend": backend.name} if backend else {}
+        completed_at = None if state.completed_at is None else self._now(
+            ago_s=time.monotonic() - state.completed_at)      # the assembler's clock
         messages = [result_message(self.publishing, result, supersedes=previous, model=model,
                                    completed_by=state.completed_by, at=self._now(),
-                                   patient=progress.patient)]
+                                   completed_at=completed_at, patient=progress.patient)]
         earlier_final = [a["alert_id"] for a in self.outbox.of_series(uid, "final")
                          if a["version"] < state.version]
         superseded = [p["alert_id"] for p in progress.provisional] + earlier_final[-1:]
@@ -285,6 +287,6 @@ class StreamingAnalyzer:
                  f", {len(result.findings)} lesions" if result.findings else "")
         return messages
 
-    def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.wall_clock(), UTC)
+    def _now(self, ago_s: float = 0.0) -> datetime:
+        return datetime.fromtimestamp(self.wall_clock() - ago_s, UTC)
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 
@@ -28,9 +29,11 @@ def test_streamed_series_give_the_results_batch_analysis_gives(broker, appliance
     app = appliance().start()
     subscriber = watch(broker, app)
     try:
+        last_landed = {}
         for folder in pet_cases:
             for _ in play(series_files(folder, "shuffled"), app.inbox, 60.0, folder.name):
                 pass
+            last_landed[truth_uid(folder)] = time.time()
         subscriber.wait_for(lambda s: len(s.on("/results")) == len(pet_cases), 120)
         batch = analyze(tiny_zoo, *pet_cases)
         for result in subscriber.on("/results"):
@@ -39,6 +42,9 @@ def test_streamed_series_give_the_results_batch_analysis_gives(broker, appliance
                                                               expected["findings"])
             assert result["version"] == 1 and result["supersedes"] is None
             assert result["completed_by"] == "expected count"
+            completed = datetime.fromisoformat(result["completed_at"])
+            assert last_landed[result["series_uid"]] - 0.002 <= completed.timestamp()
+            assert completed <= datetime.fromisoformat(result["analysed_at"])
         for alert in subscriber.on("/alerts"):
             if alert["kind"] == "final":
                 provisional = {a["alert_id"] for a in subscriber.on("/alerts")
