@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge.delivery.payloads import Message
+from edge.state import transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -58,9 +60,12 @@ class Outbox:
             (limit + len(skip),)).fetchall()
         return [m for m in map(_message, rows) if m.message_id not in skip][:limit]
 
-    def mark_sent(self, message_id: str, now: float) -> None:
-        self.conn.execute("UPDATE outbox SET sent_at = ? WHERE message_id = ? AND sent_at IS NULL",
-                          (now, message_id))
+    def mark_sent(self, message_ids: Sequence[str], now: float) -> None:
+        """Record these messages as acknowledged by the broker, all in one commit."""
+        with transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE outbox SET sent_at = ? WHERE message_id = ? AND sent_at IS NULL",
+                [(now, message_id) for message_id in message_ids])
 
     def backlog(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]

@@ -198,16 +198,17 @@ class Publisher:
                 self._inflight.clear()
             elif (message_id := self._inflight.pop(mid, None)) is not None:
                 self._acknowledged.append(message_id)
-        while self._acknowledged:
-            message_id = self._acknowledged[0]
-            try:
-                outbox.mark_sent(message_id, time.time())
-            except sqlite3.Error as error:   # state disk full or read-only: retry later;
-                self.last_error = f"cannot record deliveries: {error}"   # resent if we die
-                return
-            self._acknowledged.pop(0)
+        if not self._acknowledged:
+            return
+        try:
+            outbox.mark_sent(self._acknowledged, time.time())
+        except sqlite3.Error as error:       # state disk full or read-only: retry later;
+            self.last_error = f"cannot record deliveries: {error}"       # resent if we die
+            return
+        for message_id in self._acknowledged:
             self.sent += 1
             self.on_sent(message_id)
+        self._acknowledged.clear()
 
     def _send(self, outbox: Outbox) -> None:
         room = self.max_inflight - len(self._inflight)

@@ -94,7 +94,7 @@ def test_outbox_keeps_one_copy_per_id_and_forgets_nothing_unsent(tmp_path):
     reopened = Outbox(connect(tmp_path))
     assert [m.message_id for m in reopened.unsent(10)] == [message.message_id]
     assert reopened.unsent(10, skip={message.message_id}) == []
-    reopened.mark_sent(message.message_id, 3.0)
+    reopened.mark_sent([message.message_id], 3.0)
     assert reopened.backlog() == 0
     assert reopened.of_series(RESULT.series_uid, "result")[0]["result_id"] == message.message_id
 
