@@ -1,11 +1,11 @@
 """One DICOM file -> validated `Slice` values.
 
 The header is read first, up to the pixel data, and checked; then the pixel data element
-is checked for completeness and read once: decoded here when compressed, located and read
-by the process that uses it when native (`parse_file` and `ParsedFile`). Every step is pydicom's own
-(`read_preamble`, the file meta reader, `read_dataset`, `data_element_generator`,
-`pixel_array`); this module only decides the order, bounds the work and turns failures
-into `DicomError` with a reason a person can act on.
+is checked for completeness and read once: decoded here when compressed, located here and
+read by the process that uses it when native (`parse_file`, `ParsedFile`). Every step is
+pydicom's own (`read_preamble`, the file meta reader, `read_dataset`,
+`data_element_generator`, `pixel_array`); this module only decides the order, bounds the
+work and turns failures into `DicomError` with a reason a person can act on.
 
 Runs inside the sandboxed reader workers (`edge.ingest.workers`), but is an ordinary
 function: tests and `scanside inspect` call it directly.
