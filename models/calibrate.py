@@ -1,10 +1,13 @@
 """`scanside calibrate`: choose a model's operating point on a calibration set.
 
 The network's probability maps are computed once per series; lesions are then extracted
-again for every candidate pair of detection threshold (a lesion's peak probability) and
-minimum volume, and scored as `scanside eval` scores them. The chosen point is the one
-with the best lesion sensitivity (>= 10 mm first, then all) among those within the
-false-positive and specificity limits; it is written into a copy of the checkpoint.
+again for every candidate detection threshold (on a lesion's probability), minimum volume
+and way of scoring a lesion (pixel peak alone, or capped by the slice head), and scored
+as `scanside eval` scores them. The chosen point is the one with the best lesion
+sensitivity (>= 10 mm first, then all) among those within the false-positive and
+specificity limits; if none is, the most sensitive one with at most one false positive
+per scan (a usual CAD operating point); if none is, the one with the fewest false
+positives. It is written into a copy of the checkpoint.
 The calibration set must be neither the training nor the held-out set.
 """
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,7 +29,8 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import DicomCase
 from models.evaluate import CaseResult, match, metrics
 
-DETECTION = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 0.9995, 0.9999)
+DETECTION = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999,
+             0.9995, 0.9999)
 VOLUME_MM3 = (5.0, 15.0, 30.0, 60.0, 120.0)
 
 
@@ -51,30 +56,41 @@ def score(runs: list[tuple[SeriesPrediction, dict]], spec: ModelSpec) -> dict:
 
 def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3) -> list[dict]:
     rows = []
-    for d in detection:
-        for v in volumes:
-            thresholds = replace(spec.thresholds, detection_probability=max(
-                d, spec.thresholds.lesion_probability), min_volume_mm3=v)
-            m = score(runs, replace(spec, thresholds=thresholds))
-            rows.append({"detection_probability": thresholds.detection_probability,
-                         "min_volume_mm3": v, **{k: m[k] for k in (
-                             "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
-                             "false_positives_per_scan", "series_specificity",
-                             "series_sensitivity")}})
+    for head, d, v in product((True, False), detection, volumes):
+        thresholds = replace(spec.thresholds, detection_probability=d, min_volume_mm3=v,
+                             slice_head=head)
+        m = score(runs, replace(spec, thresholds=thresholds))
+        rows.append({"slice_head": head, "detection_probability": d,
+                     "min_volume_mm3": v, **{k: m[k] for k in (
+                         "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
+                         "false_positives_per_scan", "series_specificity",
+                         "series_sensitivity")}})
     return rows
 
 
-def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9) -> dict:
-    """The most sensitive point within the limits, or else the most specific one."""
+def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
+           fallback_fp: float = 1.0) -> dict:
+    """The most sensitive point within the limits; or else the most sensitive with at
+    most `fallback_fp` false positives per scan; or else the one with the fewest false
+    positives. A point that finds no lesion at all is not an operating point, however
+    specific."""
+    def most_sensitive(candidates):
+        return max(candidates, key=lambda r: (r["lesion_sensitivity_10mm_or_more"],
+                                              r["lesion_sensitivity"],
+                                              -r["false_positives_per_scan"]))
+
+    rows = [r for r in rows if r["lesion_sensitivity"] > 0] or rows
     allowed = [r for r in rows if r["false_positives_per_scan"] <= max_fp
                and (r["series_specificity"] != r["series_specificity"]      # NaN: no negatives
                     or r["series_specificity"] >= min_specificity)]
     if allowed:
-        return max(allowed, key=lambda r: (r["lesion_sensitivity_10mm_or_more"],
-                                           r["lesion_sensitivity"],
-                                           -r["false_positives_per_scan"]))
-    return max(rows, key=lambda r: (r["series_specificity"], -r["false_positives_per_scan"],
-                                    r["lesion_sensitivity"]))
+        return most_sensitive(allowed)
+    tolerable = [r for r in rows if r["false_positives_per_scan"] <= fallback_fp]
+    if tolerable:
+        return most_sensitive(tolerable)
+    return min(rows, key=lambda r: (r["false_positives_per_scan"],
+                                    -r["lesion_sensitivity_10mm_or_more"],
+                                    -r["lesion_sensitivity"]))
 
 
 def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Backend,
@@ -87,7 +103,8 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
     loaded = load_checkpoint(checkpoint)
     thresholds = replace(loaded.spec.thresholds,
                          detection_probability=best["detection_probability"],
-                         min_volume_mm3=best["min_volume_mm3"])
+                         min_volume_mm3=best["min_volume_mm3"],
+                         slice_head=best["slice_head"])
     loaded.spec = replace(loaded.spec, thresholds=thresholds, training_data={
         **loaded.spec.training_data, "calibration": {
             "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),

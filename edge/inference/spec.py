@@ -38,7 +38,8 @@ class Intensity:
 @dataclass(frozen=True)
 class Thresholds:
     lesion_probability: float = 0.5      # a pixel belongs to a lesion above this
-    detection_probability: float = 0.5   # a lesion is reported when its peak reaches this
+    detection_probability: float = 0.5   # a lesion is reported when its probability reaches this
+    slice_head: bool = True              # a lesion's probability includes the slice head's
     min_volume_mm3: float = 15.0         # smaller 3D components are dropped
     provisional_probability: float = 0.8  # a slice alone raises a provisional alert above
     provisional_diameter_mm: float = 6.0  # ... when the lesion on it is at least this wide

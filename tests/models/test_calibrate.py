@@ -23,9 +23,21 @@ def test_the_most_sensitive_point_within_the_limits_is_chosen():
     assert choose(rows, max_fp=0.4, min_specificity=0.9)["detection_probability"] == 0.7
 
 
-def test_with_no_point_within_the_limits_the_most_specific_wins():
-    rows = [row(0.5, 5, 1.0, 0.95, 1.2, 0.6), row(0.9, 30, 0.9, 0.8, 0.8, 0.8)]
+def test_with_no_point_within_the_limits_the_most_sensitive_at_one_fp_per_scan_wins():
+    rows = [row(0.5, 5, 1.0, 0.95, 1.2, 0.6), row(0.9, 30, 0.5, 0.4, 0.2, 0.8),
+            row(0.8, 30, 0.9, 0.8, 0.9, 0.5)]
+    assert choose(rows, max_fp=0.4, min_specificity=0.9)["detection_probability"] == 0.8
+
+
+def test_with_every_point_above_one_fp_per_scan_the_fewest_false_positives_win():
+    rows = [row(0.5, 5, 1.0, 0.95, 2.2, 0.6), row(0.9, 30, 0.9, 0.8, 1.3, 0.0),
+            row(0.7, 30, 0.1, 0.1, 2.1, 0.25)]
     assert choose(rows, max_fp=0.4, min_specificity=0.9)["detection_probability"] == 0.9
+
+
+def test_a_point_that_finds_nothing_is_never_chosen():
+    rows = [row(0.8, 5, 0.6, 0.5, 0.6, 0.8), row(0.99, 5, 0.0, 0.0, 0.0, 1.0)]
+    assert choose(rows, max_fp=0.4, min_specificity=0.9)["detection_probability"] == 0.8
 
 
 def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_zoo, pet_cases,
@@ -37,7 +49,8 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
     chosen = report["chosen"]
     assert calibrated.thresholds.detection_probability == chosen["detection_probability"]
     assert calibrated.thresholds.min_volume_mm3 == chosen["min_volume_mm3"]
+    assert calibrated.thresholds.slice_head == chosen["slice_head"]
     assert calibrated.training_data["calibration"]["series"] == len(pet_cases)
     points = json.loads((tmp_path / "calibrated.pt.calibration.json").read_text())["points"]
-    assert len(points) == len(DETECTION) * len(VOLUME_MM3)
+    assert len(points) == 2 * len(DETECTION) * len(VOLUME_MM3)
     assert load_checkpoint(source).spec.thresholds.detection_probability == 0.5   # untouched
