@@ -144,7 +144,7 @@ class Finding:
     center_mm: Vector3
     diameter_mm: float                  # of the sphere with the same volume
     volume_mm3: float
-    probability: float                  # min(peak pixel, peak slice-head probability)
+    probability: float                  # peak pixel probability, capped by the slice head
     slices: tuple[int, int]             # first and last slice, 0-based, anatomical order
     key_slice: int                      # the slice where it is largest
     outline: tuple[tuple[float, float], ...] = ()   # (row, column) on the key slice

@@ -83,8 +83,9 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
         for k in LABELS)
     missed = evaluation["missed"]
     thresholds = spec.thresholds
-    scoring = ("the lower of its peak pixel probability and the slice head's over its slices"
-               if thresholds.slice_head else "its peak pixel probability")
+    scoring = ("its probability (the lower of its peak pixel\n  probability and the slice "
+               "head's over its slices)" if thresholds.slice_head else
+               "its peak pixel probability")
     intensity = spec.intensity
     windows = f", windows {list(intensity.windows)}" if intensity.windows else ""
     return f"""# scanside {modality} model
@@ -101,7 +102,7 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
 - Input: {spec.channels} x {spec.size} x {spec.size}, each slice resampled to {spec.spacing_mm} mm
   pixels; intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{windows}).
 - Thresholds, chosen by `scanside calibrate` on a calibration set used for nothing else:
-  a lesion is reported when its probability ({scoring}) reaches
+  a lesion is reported when {scoring} reaches
   {thresholds.detection_probability}
   (pixels above {thresholds.lesion_probability} form it) and its volume is at least
   {thresholds.min_volume_mm3:g} mm3. On the calibration set they gave lesion sensitivity
