@@ -39,7 +39,7 @@ class Intensity:
 class Thresholds:
     lesion_probability: float = 0.5      # a pixel belongs to a lesion above this
     detection_probability: float = 0.5   # a lesion is reported when its probability reaches this
-    slice_head: bool = True              # a lesion's probability includes the slice head's
+    slice_head: bool = False             # the slice head caps a lesion's probability (calibrated)
     min_volume_mm3: float = 15.0         # smaller 3D components are dropped
     provisional_probability: float = 0.8  # a slice alone raises a provisional alert above
     provisional_diameter_mm: float = 6.0  # ... when the lesion on it is at least this wide

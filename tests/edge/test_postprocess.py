@@ -107,19 +107,20 @@ def test_a_lesion_whose_peak_stays_below_the_detection_threshold_is_not_reported
     assert [round(f.probability, 2) for f in found] == [0.8]
 
 
-def test_a_saturated_spot_on_slices_the_tumour_head_doubts_takes_the_heads_probability():
+def test_under_slice_head_a_saturated_spot_the_tumour_head_doubts_takes_its_probability():
     headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
-    spec = replace(SPEC, thresholds=Thresholds(lesion_probability=0.5,
+    spec = replace(SPEC, thresholds=Thresholds(lesion_probability=0.5, slice_head=True,
                                                detection_probability=0.7, min_volume_mm3=20))
     maps = predictions(headers, [((-15, -15, 10.0), 4.0, 1.0), ((15, 15, 20.0), 4.0, 1.0)])
     doubted = [replace(p, tumour_probability=0.3) if i < 15 else p
                for i, p in enumerate(maps)]
     (finding,) = find_lesions(doubted, 1.0, spec)
     assert finding.center_mm == pytest.approx((15, 15, 20), abs=0.6)
-    lenient = replace(SPEC, thresholds=replace(SPEC.thresholds, detection_probability=0.2))
+    lenient = replace(spec, thresholds=replace(spec.thresholds, detection_probability=0.2))
     assert [round(f.probability, 2) for f in find_lesions(doubted, 1.0, lenient)] == [1.0, 0.3]
-    (on_slice,) = lesions_on_slice(doubted[10], SPEC)
+    (on_slice,) = lesions_on_slice(doubted[10], spec)
     assert on_slice.probability == pytest.approx(0.3)
     pixels_only = replace(spec, thresholds=replace(spec.thresholds, slice_head=False))
     assert [f.probability for f in find_lesions(doubted, 1.0, pixels_only)] == [1.0, 1.0]
     assert lesions_on_slice(doubted[10], pixels_only)[0].probability == 1.0
+    assert SPEC.thresholds.slice_head is False       # models calibrated before it: unchanged
