@@ -146,12 +146,14 @@ def _parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="ONNX, FP16 ONNX, TensorRT engine, Triton")
     steps = export.add_subparsers(dest="step", required=True, metavar="STEP")
-    step = steps.add_parser("onnx", help="checkpoint -> ONNX FP32, parity against torch")
+    step = steps.add_parser("onnx", help="checkpoint -> ONNX FP32, parity against torch "
+                                         "(a model that fails it is deleted)")
     step.add_argument("--model", type=Path, required=True, help="torch checkpoint")
     step.add_argument("--out", type=Path, required=True)
     step.add_argument("--data", type=Path, nargs="*", default=[], help="parity series")
     step.set_defaults(handler=_export_onnx)
-    step = steps.add_parser("fp16", help="ONNX FP32 -> FP16, parity against FP32 on CPU")
+    step = steps.add_parser("fp16", help="ONNX FP32 -> FP16, parity against FP32 on CPU "
+                                         "(a model that fails it is deleted)")
     step.add_argument("--onnx", type=Path, required=True)
     step.add_argument("--out", type=Path, required=True)
     step.add_argument("--data", type=Path, nargs="*", default=[], help="parity series")
@@ -315,8 +317,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parity(reference, candidate, data: list[Path], tolerances, report_path: Path) -> int:
-    """Compare two backends on the series under `data`; write the report; 1 if it fails."""
+def _parity(reference, candidate, data: list[Path], tolerances, report_path: Path,
+            drop: Path | None = None) -> int:
+    """Compare two backends on the series under `data`; write the report; 1 if it fails,
+    after deleting `drop` (the model just exported) so that nothing ships or builds it."""
     from export.parity import compare, write_report
 
     folders = sorted(f for root in data for f in ([root] if (root / "mask.npz").exists()
@@ -332,6 +336,9 @@ def _parity(reference, candidate, data: list[Path], tolerances, report_path: Pat
                                              "dice_candidate", "nan_or_inf", "passed")}))
     if not report["passed"]:
         print(f"parity FAILED: see {report_path}", file=sys.stderr)
+        if drop is not None:
+            drop.unlink()
+            print(f"deleted {drop}: a model that fails parity is not kept", file=sys.stderr)
         return 1
     return 0
 
@@ -348,7 +355,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     with TorchBackend(args.model) as torch_model, \
             OnnxRuntimeBackend(args.out, ["CPUExecutionProvider"]) as onnx_model:
         return _parity(torch_model, onnx_model, args.data, TORCH_TO_ONNX,
-                       args.out.with_name("onnx-parity.json"))
+                       args.out.with_name("onnx-parity.json"), drop=args.out)
 
 
 def _export_fp16(args: argparse.Namespace) -> int:
@@ -361,7 +368,7 @@ def _export_fp16(args: argparse.Namespace) -> int:
     with OnnxRuntimeBackend(args.onnx, ["CPUExecutionProvider"]) as fp32, \
             OnnxRuntimeBackend(args.out, ["CPUExecutionProvider"]) as fp16:
         return _parity(fp32, fp16, args.data, FP32_TO_FP16,
-                       args.out.with_name("fp16-parity.json"))
+                       args.out.with_name("fp16-parity.json"), drop=args.out)
 
 
 def _export_engine(args: argparse.Namespace) -> int:

@@ -75,7 +75,12 @@ def _engine_reasons(zoo_dir, engines_dir, facts, fp16, digest) -> list[str]:
         return [f"no TensorRT engine at {plan}"]
     if not fp16.exists():
         return [f"no FP16 ONNX model at {fp16} to check the engine against"]
-    return mismatches(EngineManifest.load(manifest_path), digest(fp16), facts)
+    manifest = EngineManifest.load(manifest_path)
+    reasons = mismatches(manifest, digest(fp16), facts)
+    if manifest.parity is not None and not manifest.parity.get("passed"):
+        reasons.append(f"the engine failed its parity check against the FP16 ONNX model "
+                       f"(parity in {manifest_path})")
+    return reasons
 
 
 def open_backend(choice: Choice, threads: int = 0) -> Backend:

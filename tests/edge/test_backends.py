@@ -101,6 +101,15 @@ def test_auto_falls_back_to_onnx_runtime_on_the_gpu_when_the_engine_is_stale(zoo
     assert "built with TensorRT 10.12.0.36, this box has 10.13.0.35" in choice.why
 
 
+def test_an_engine_that_failed_its_parity_check_is_never_chosen(zoo, tmp_path):
+    engine_for(zoo, tmp_path / "engines", parity={"passed": False, "dice_candidate": 0.5})
+    choice = choose("auto", zoo, tmp_path / "engines", H100)
+    assert (choice.kind, choice.path.name) == ("onnxruntime", "model.fp16.onnx")
+    assert "the engine failed its parity check" in choice.why
+    with pytest.raises(BackendError, match="failed its parity check"):
+        choose("tensorrt", zoo, tmp_path / "engines", H100)
+
+
 def test_tensorrt_requested_where_it_cannot_run_is_an_error_with_the_reasons(zoo, tmp_path):
     engine_for(zoo, tmp_path / "engines")
     with pytest.raises(BackendError, match="TensorRT is not installed; no CUDA GPU"):

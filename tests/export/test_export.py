@@ -8,9 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
+from edge import cli
 from edge.backends.base import Backend
 from edge.backends.onnxruntime import SPEC_KEY, OnnxRuntimeBackend
 from edge.inference.series import analyze_series
+from export import parity
 from export.onnx_export import KEEP_FP32, convert_fp16, export_onnx, metadata
 from export.parity import FP32_TO_FP16, TORCH_TO_ONNX, compare
 from export.triton import export_triton
@@ -92,6 +94,21 @@ def test_fp16_parity_against_fp32_on_cpu(exported, pet_cases):
     if report["dice_reference"]:
         assert report["dice_candidate"] >= 0.999 * report["dice_reference"]
     assert report["max_abs_error"] < 0.05
+
+
+def test_an_exported_model_that_fails_parity_is_deleted_and_its_report_kept(
+        exported, pet_cases, tmp_path, monkeypatch):
+    _, fp32, _ = exported
+    out = tmp_path / "model.fp16.onnx"
+    arguments = ["export", "fp16", "--onnx", str(fp32), "--out", str(out),
+                 "--data", *map(str, pet_cases)]
+    assert cli.main(arguments) == 0 and out.exists()
+
+    monkeypatch.setattr(parity, "FP32_TO_FP16", parity.Tolerances(max_abs_error=0.0))
+    assert cli.main(arguments) == 1
+    assert not out.exists()
+    report = json.loads((tmp_path / "fp16-parity.json").read_text())
+    assert report["passed"] is False and report["max_abs_error"] > 0.0
 
 
 class NaNModel(Backend):
