@@ -3,6 +3,7 @@
 #   make test   installs everything the tests need (system packages too), then runs them
 #   make bench  every benchmark suite; results under benchmarks/results/ (BENCHMARKS.md)
 #   make torture  the long fault suites: 200 kills, 3000 fuzzed files (tests/system)
+#   make zoo MODALITY=CT  one shipped model rebuilt from nothing (models/zoo/build.sh)
 
 PYTHON  ?= python3
 VENV    ?= .venv
@@ -15,7 +16,7 @@ STAMP   := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 # chromium (headless, driven by Playwright) is the browser of the status-page tests.
 SYSTEM_PACKAGES := dcmtk dicom3tools mosquitto mosquitto-clients openssl shellcheck chromium
 
-.PHONY: deps venv run demo test torture bench lint clean
+.PHONY: deps venv run demo test torture bench zoo lint clean
 
 deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
@@ -61,6 +62,12 @@ torture: deps venv
 
 bench: venv
 	$(PY) -m benchmarks all $(BENCH_ARGS)
+
+# Synthetic data, training, calibration, export with parity, evaluation and card for one
+# modality; hours on 2 CPU cores, minutes on a GPU: make zoo MODALITY=CT EPOCHS=60 DEVICE=cuda
+# (EPOCHS, DEVICE and the other settings models/zoo/build.sh lists reach it from here).
+zoo: venv
+	models/zoo/build.sh $(MODALITY)
 
 lint: venv
 	$(VENV)/bin/ruff check edge export models benchmarks tests

@@ -78,5 +78,6 @@ def test_install_script_puts_a_valid_config_and_the_units_in_place(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
-def test_install_script_passes_shellcheck():
-    subprocess.run(["shellcheck", str(SYSTEMD / "install.sh")], check=True)
+def test_install_and_zoo_build_scripts_pass_shellcheck():
+    zoo_build = SYSTEMD.parent / "models" / "zoo" / "build.sh"
+    subprocess.run(["shellcheck", str(SYSTEMD / "install.sh"), str(zoo_build)], check=True)

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Rebuild one zoo model from nothing, the way its card records it.
+#
+#   models/zoo/build.sh CT                         # 30 epochs on this CPU: hours
+#   EPOCHS=60 DEVICE=cuda models/zoo/build.sh CT   # on a GPU: minutes
+#   make zoo MODALITY=CT EPOCHS=60 DEVICE=cuda     # the same through make
+#
+# 1. synthetic series: training (seed 1), calibration (seed 2) and held-out evaluation
+#    (seed 1001, which no other set uses) under $DATA; a set already complete is reused;
+# 2. training under $RUNS/MODALITY, continued from last.pt when a run is already there;
+# 3. calibration on the calibration set, then into $ZOO/MODALITY: model.pt, ONNX and FP16
+#    ONNX with their parity reports on the held-out set (an FP16 model that fails parity
+#    is not shipped), the held-out evaluation, the training curves and the model card.
+#
+# The card's "Known weaknesses" come from $REMARKS: what the figures do not say.
+set -euo pipefail
+
+modality=${1:?usage: models/zoo/build.sh CT|MR|PT}
+EPOCHS=${EPOCHS:-30} STEPS=${STEPS:-100} DEVICE=${DEVICE:-cpu} WORKERS=${WORKERS:-$(nproc)}
+DATA=${DATA:-data} RUNS=${RUNS:-runs} ZOO=${ZOO:-models/zoo} REMARKS=${REMARKS:-}
+TRAIN_CASES=${TRAIN_CASES:-60} CALIB_CASES=${CALIB_CASES:-20} HELDOUT_CASES=${HELDOUT_CASES:-30}
+TRAIN_ARGS=${TRAIN_ARGS:-}      # more `scanside train` options, e.g. "--batch-size 32"
+HELDOUT_SEED=1001
+
+cd "$(dirname "$0")/../.."
+[ -x .venv/bin/scanside ] && PATH=$PWD/.venv/bin:$PATH       # make test/run's environment
+run=$RUNS/$modality entry=$ZOO/$modality
+commands=()                     # what the card says was run
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+synth() {                       # synth NAME SEED CASES
+    local out=$DATA/$1-$modality
+    local command=(scanside synth --modality "$modality" --cases "$3" --seed "$2" --out "$out")
+    [ "$1" = heldout ] || commands+=("${command[*]}")
+    if [ -e "$out/.complete" ]; then say "$out: complete, reused"; return; fi
+    say "${command[*]}"
+    "${command[@]}" --workers "$WORKERS"
+    touch "$out/.complete"
+}
+
+synth train 1 "$TRAIN_CASES"
+synth calib 2 "$CALIB_CASES"
+synth heldout "$HELDOUT_SEED" "$HELDOUT_CASES"
+
+# shellcheck disable=SC2206  # TRAIN_ARGS is a list of options
+train=(scanside train --data "$DATA/train-$modality" --modality "$modality" --out "$run"
+       --epochs "$EPOCHS" --steps-per-epoch "$STEPS" --seed 1 $TRAIN_ARGS)
+[ -e "$run/last.pt" ] && train+=(--resume)
+commands+=("${train[*]}")
+say "${train[*]}"
+"${train[@]}" --device "$DEVICE" --workers "$WORKERS"
+
+calibrate=(scanside calibrate --data "$DATA/calib-$modality" --model "$run/model.pt"
+           --out "$run/model.calibrated.pt")
+commands+=("${calibrate[*]}")
+say "${calibrate[*]}"
+"${calibrate[@]}"
+
+mkdir -p "$entry"
+cp "$run/model.calibrated.pt" "$entry/model.pt"
+cp "$run/model.calibrated.pt.calibration.json" "$entry/calibration.json"
+cp "$run/training.png" "$run/history.json" "$entry/"
+
+heldout=$DATA/heldout-$modality
+say "ONNX export and parity against torch on $heldout"
+scanside export onnx --model "$entry/model.pt" --out "$entry/model.onnx" --data "$heldout"
+say "FP16 export and parity against FP32 on $heldout"
+scanside export fp16 --onnx "$entry/model.onnx" --out "$entry/model.fp16.onnx" \
+    --data "$heldout" || say "no FP16 model for $modality: see $entry/fp16-parity.json"
+
+say "evaluation on $heldout"
+scanside eval --data "$heldout" --zoo "$ZOO" --out "$entry/eval"
+
+command_text=$(printf '%s\n' "${commands[@]}")
+python -m models.card "$entry" --heldout-seed "$HELDOUT_SEED" --command "${command_text%$'\n'}" \
+    --remarks "$REMARKS"
+[ -n "$REMARKS" ] || say "$entry/card.md has no Known weaknesses: set REMARKS to say what the figures do not"
