@@ -6,7 +6,8 @@
 #   make zoo MODALITY=CT EPOCHS=60 DEVICE=cuda     # the same through make
 #
 # 1. synthetic series: training (seed 1), calibration (seed 2) and held-out evaluation
-#    (seed 1001, which no other set uses) under $DATA; a set already complete is reused;
+#    (seed 1001, which no other set uses) under $DATA; a set already complete is reused,
+#    one made with other settings is an error;
 # 2. training under $RUNS/MODALITY, continued from last.pt when a run is already there;
 # 3. calibration on the calibration set, then into $ZOO/MODALITY: model.pt, ONNX and FP16
 #    ONNX with their parity reports on the held-out set (an FP16 model that fails parity
@@ -33,10 +34,16 @@ synth() {                       # synth NAME SEED CASES
     local out=$DATA/$1-$modality
     local command=(scanside synth --modality "$modality" --cases "$3" --seed "$2" --out "$out")
     [ "$1" = heldout ] || commands+=("${command[*]}")
-    if [ -e "$out/.complete" ]; then say "$out: complete, reused"; return; fi
+    if [ -e "$out/.complete" ]; then
+        if [ "$(cat "$out/.complete")" = "${command[*]}" ]; then
+            say "$out: complete, reused"; return
+        fi
+        echo "$out holds another set ($(cat "$out/.complete")): set DATA to another folder" >&2
+        exit 1
+    fi
     say "${command[*]}"
     "${command[@]}" --workers "$WORKERS"
-    touch "$out/.complete"
+    printf '%s\n' "${command[*]}" > "$out/.complete"
 }
 
 synth train 1 "$TRAIN_CASES"
