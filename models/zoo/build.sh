@@ -79,7 +79,6 @@ scanside export fp16 --onnx "$entry/model.onnx" --out "$entry/model.fp16.onnx" \
 say "evaluation on $heldout"
 scanside eval --data "$heldout" --zoo "$ZOO" --out "$entry/eval"
 
-command_text=$(printf '%s\n' "${commands[@]}")
-python -m models.card "$entry" --heldout-seed "$HELDOUT_SEED" --command "${command_text%$'\n'}" \
-    --remarks "$REMARKS"
+python -m models.card "$entry" --heldout-seed "$HELDOUT_SEED" \
+    --command "$(printf '%s\n' "${commands[@]}")" --remarks "$REMARKS"
 [ -n "$REMARKS" ] || say "$entry/card.md has no Known weaknesses: set REMARKS to say what the figures do not"
