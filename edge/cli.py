@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--tumour-labels", type=int, nargs="+",
                        help="Decathlon label values that are tumour (default: by name)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.add_argument("--balance-lesions-mm2", type=float, default=0.0, metavar="AREA",
+                       help="weigh each lesion on a slice smaller than AREA mm2 in the "
+                            "cross-entropy as if it had that area (at most 25x; default 0: "
+                            "every lesion voxel weighs the same)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
@@ -267,6 +271,7 @@ def _train(args: argparse.Namespace) -> int:
         crop=args.crop, learning_rate=args.learning_rate, seed=args.seed, device=args.device,
         workers=args.workers, init_encoder=args.init_encoder,
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
+        balance_lesions_mm2=args.balance_lesions_mm2,
         tumour_labels=tuple(args.tumour_labels) if args.tumour_labels else None))
     if best is not None:
         print(f"best model: {best}")

@@ -1,7 +1,10 @@
 """`scanside train`: fit a detection network to cases on disk.
 
 Loss: soft Dice + binary cross-entropy on the lesion map, plus cross-entropy on the
-slice-level tumour head. Sampling oversamples slices with lesions and crops around them;
+slice-level tumour head. Both Dice and plain cross-entropy count voxels, so on a slice a
+30 mm lesion outweighs a 5 mm one 36-fold; with `balance_lesions_mm2` the cross-entropy weighs each
+lesion on a slice smaller than that area as if it had it (`lesion_weights`).
+Sampling oversamples slices with lesions and crops around them;
 every batch is augmented (`augment.py`). The validation split is by patient. Each epoch
 ends with validation, `last.pt` (for --resume) and, when validation Dice improves,
 `model.pt` (the slim inference checkpoint). Runs on CPU or CUDA; under `torchrun` it
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
@@ -60,6 +64,7 @@ class TrainConfig:
     resume: bool = False
     tumour_labels: tuple[int, ...] | None = None
     augment: AugmentConfig = AugmentConfig()
+    balance_lesions_mm2: float = 0.0     # 0: every lesion voxel weighs the same
 
 
 def train(config: TrainConfig) -> Path | None:
@@ -105,9 +110,10 @@ def train(config: TrainConfig) -> Path | None:
             images, masks, tumour = (torch.from_numpy(a) for a in sampler.batch(config.batch_size))
             images, masks = augment(images, masks, config.augment, generator)
             tumour = masks.flatten(1).amax(dim=1, keepdim=True)   # what survived the warp
+            weights = lesion_weights(masks, config.balance_lesions_mm2 / spec.spacing_mm**2)
             lesion_logits, tumour_logits = model(images.to(device))
             loss = detection_loss(lesion_logits, tumour_logits, masks.to(device),
-                                  tumour.to(device))
+                                  tumour.to(device), weights.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -141,15 +147,35 @@ def train(config: TrainConfig) -> Path | None:
 
 
 def detection_loss(lesion_logits: torch.Tensor, tumour_logits: torch.Tensor,
-                   masks: torch.Tensor, tumour: torch.Tensor) -> torch.Tensor:
-    """Soft Dice + BCE on lesion pixels, BCE on the slice-level tumour head."""
+                   masks: torch.Tensor, tumour: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice + BCE on lesion pixels (weighted per pixel by `weights` when given), BCE
+    on the slice-level tumour head."""
     probability = torch.sigmoid(lesion_logits)
     intersection = (probability * masks).sum()
     dice = 1 - (2 * intersection + 1) / (probability.sum() + masks.sum() + 1)
-    bce = F.binary_cross_entropy_with_logits(lesion_logits, masks,
+    bce = F.binary_cross_entropy_with_logits(lesion_logits, masks, weight=weights,
                                              pos_weight=torch.tensor(1.5, device=masks.device))
     head = F.binary_cross_entropy_with_logits(tumour_logits, tumour)
     return dice + bce + 0.3 * head
+
+
+def lesion_weights(masks: torch.Tensor, balance_pixels: float,
+                   most: float = 25.0) -> torch.Tensor:
+    """Per-pixel cross-entropy weights for (N, 1, H, W) masks: 1, except that a lesion
+    (a connected region of a mask) smaller than `balance_pixels` gets
+    balance_pixels / its area on every pixel, at most `most`, so that small lesions count
+    in the loss about as much as large ones. All ones when `balance_pixels` is 0."""
+    weights = np.ones(masks.shape, np.float32)
+    if balance_pixels > 0:
+        for n, mask in enumerate(masks[:, 0].numpy() > 0.5):
+            labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+            if count:
+                areas = np.bincount(labels.ravel())
+                scale = np.clip(balance_pixels / np.maximum(areas, 1), 1.0, most)
+                scale[0] = 1.0
+                weights[n, 0] = scale[labels]
+    return torch.from_numpy(weights)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from models.network import TINY, DetectionNet, NetworkConfig
 from models.train import (
     TrainConfig,
     detection_loss,
+    lesion_weights,
     set_encoder_trainable,
     train,
     transfer_encoder,
@@ -68,6 +69,38 @@ def test_transfer_from_a_two_channel_ct_model_averages_its_stem_for_one_channel(
     transfer_encoder(pet, ct)
     stem = "encoder.stem.conv1.weight"
     assert torch.allclose(pet.state_dict()[stem], ct.state_dict()[stem].mean(dim=1, keepdim=True))
+
+
+def test_small_lesions_are_weighed_as_if_they_had_the_balancing_area():
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[0, 0, 2:12, 2:12] = 1            # 100 pixels: at least the balancing area
+    masks[0, 0, 20, 20:22] = 1             # 2 pixels
+    masks[1, 0, 30, 30] = 1                # 1 pixel: capped
+    weights = lesion_weights(masks, balance_pixels=50, most=25)
+    assert torch.all(weights[0, 0, 2:12, 2:12] == 1)
+    assert torch.all(weights[0, 0, 20, 20:22] == 25)     # 50 / 2
+    assert weights[1, 0, 30, 30] == 25                   # 50 / 1, capped at 25
+    background = masks == 0
+    assert torch.all(weights[background] == 1)
+    assert torch.all(lesion_weights(masks, balance_pixels=0) == 1)
+    masks[1, 0, 30, 30] = 0
+    masks[1, 0, 10:15, 10:15] = 1          # 25 pixels: 2x
+    assert torch.all(lesion_weights(masks, balance_pixels=50)[1, 0, 10:15, 10:15] == 2)
+
+
+def test_weighted_loss_with_unit_weights_is_the_plain_loss_and_heavier_weights_raise_it():
+    torch.manual_seed(0)
+    net = DetectionNet(TINY).eval()
+    images, masks = torch.randn(2, 1, 32, 32), torch.zeros(2, 1, 32, 32)
+    masks[:, :, 10:12, 10:12] = 1
+    tumour = torch.ones(2, 1)
+    with torch.no_grad():
+        outputs = net(images)
+        plain = detection_loss(*outputs, masks, tumour)
+        unit = detection_loss(*outputs, masks, tumour, torch.ones_like(masks))
+        heavy = detection_loss(*outputs, masks, tumour, lesion_weights(masks, 40))
+    assert torch.allclose(plain, unit)
+    assert heavy > plain
 
 
 def test_a_frozen_encoder_gets_no_gradient_and_keeps_its_statistics():
