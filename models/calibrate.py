@@ -57,6 +57,8 @@ def score(runs: list[tuple[SeriesPrediction, dict]], spec: ModelSpec) -> dict:
 def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3) -> list[dict]:
     rows = []
     for head, d, v in product((True, False), detection, volumes):
+        if not head and d < spec.thresholds.lesion_probability:
+            continue        # a pixel peak is never below the pixel threshold: same point
         thresholds = replace(spec.thresholds, detection_probability=d, min_volume_mm3=v,
                              slice_head=head)
         m = score(runs, replace(spec, thresholds=thresholds))
