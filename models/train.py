@@ -2,10 +2,10 @@
 
 Loss: soft Dice + binary cross-entropy on the lesion map, plus cross-entropy on the
 slice-level tumour head. Both Dice and plain cross-entropy count voxels, so on a slice a
-30 mm lesion outweighs a 5 mm one 36-fold; with `balance_lesions_mm2` the cross-entropy weighs each
-lesion on a slice smaller than that area as if it had it (`lesion_weights`).
-Sampling oversamples slices with lesions and crops around them;
-every batch is augmented (`augment.py`). The validation split is by patient. Each epoch
+30 mm lesion outweighs a 5 mm one 36-fold; with `balance_lesions_mm2` the cross-entropy
+weighs each lesion on a slice smaller than that area as if it had it (`lesion_weights`).
+Sampling oversamples slices with lesions and crops around them; every batch is augmented
+(`augment.py`). The validation split is by patient. Each epoch
 ends with validation, `last.pt` (for --resume) and, when validation Dice improves,
 `model.pt` (the slim inference checkpoint). Runs on CPU or CUDA; under `torchrun` it
 trains data-parallel with DistributedDataParallel (gloo on CPU, NCCL on GPUs).
@@ -110,10 +110,11 @@ def train(config: TrainConfig) -> Path | None:
             images, masks, tumour = (torch.from_numpy(a) for a in sampler.batch(config.batch_size))
             images, masks = augment(images, masks, config.augment, generator)
             tumour = masks.flatten(1).amax(dim=1, keepdim=True)   # what survived the warp
-            weights = lesion_weights(masks, config.balance_lesions_mm2 / spec.spacing_mm**2)
+            weights = (lesion_weights(masks, config.balance_lesions_mm2 / spec.spacing_mm**2)
+                       .to(device) if config.balance_lesions_mm2 else None)
             lesion_logits, tumour_logits = model(images.to(device))
             loss = detection_loss(lesion_logits, tumour_logits, masks.to(device),
-                                  tumour.to(device), weights.to(device))
+                                  tumour.to(device), weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
