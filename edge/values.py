@@ -144,7 +144,8 @@ class Finding:
     center_mm: Vector3
     diameter_mm: float                  # of the sphere with the same volume
     volume_mm3: float
-    probability: float                  # peak pixel probability, capped by the slice head
+    probability: float                  # peak or mean pixel probability (the model says
+                                        # which), capped by the slice head if it says so
     slices: tuple[int, int]             # first and last slice, 0-based, anatomical order
     key_slice: int                      # the slice where it is largest
     outline: tuple[tuple[float, float], ...] = ()   # (row, column) on the key slice

@@ -2,7 +2,8 @@
 
 The network's probability maps are computed once per series; lesions are then extracted
 again for every candidate detection threshold (on a lesion's probability), minimum volume
-and way of scoring a lesion (pixel peak alone, or capped by the slice head), and scored
+and way of scoring a lesion (its pixels' peak or mean, each alone or capped by the slice
+head), and scored
 as `scanside eval` scores them. The chosen point is the one with the best lesion
 sensitivity (>= 10 mm first, then all) among those within the false-positive and
 specificity limits; if none is, the most sensitive one with at most one false positive
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from edge.backends.base import Backend
 from edge.inference.postprocess import find_lesions
 from edge.inference.series import SeriesPrediction, predict, slice_spacing_mm
-from edge.inference.spec import ModelSpec
+from edge.inference.spec import LESION_SCORES, ModelSpec
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import DicomCase
 from models.evaluate import CaseResult, match, metrics
@@ -56,13 +57,14 @@ def score(runs: list[tuple[SeriesPrediction, dict]], spec: ModelSpec) -> dict:
 
 def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3) -> list[dict]:
     rows = []
-    for head, d, v in product((True, False), detection, volumes):
+    for lesion_score, head, d, v in product(LESION_SCORES, (True, False), detection, volumes):
         if not head and d < spec.thresholds.lesion_probability:
-            continue        # a pixel peak is never below the pixel threshold: same point
+            continue        # no lesion pixel is below the pixel threshold: same point
         thresholds = replace(spec.thresholds, detection_probability=d, min_volume_mm3=v,
-                             slice_head=head)
+                             lesion_score=lesion_score, slice_head=head)
         m = score(runs, replace(spec, thresholds=thresholds))
-        rows.append({"slice_head": head, "detection_probability": d,
+        rows.append({"lesion_score": lesion_score, "slice_head": head,
+                     "detection_probability": d,
                      "min_volume_mm3": v, **{k: m[k] for k in (
                          "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
                          "false_positives_per_scan", "series_specificity",
@@ -106,7 +108,7 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
     thresholds = replace(loaded.spec.thresholds,
                          detection_probability=best["detection_probability"],
                          min_volume_mm3=best["min_volume_mm3"],
-                         slice_head=best["slice_head"])
+                         lesion_score=best["lesion_score"], slice_head=best["slice_head"])
     loaded.spec = replace(loaded.spec, thresholds=thresholds, training_data={
         **loaded.spec.training_data, "calibration": {
             "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),

@@ -83,9 +83,10 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
         for k in LABELS)
     missed = evaluation["missed"]
     thresholds = spec.thresholds
-    scoring = ("its probability (the lower of its peak pixel\n  probability and the slice "
-               "head's over its slices)" if thresholds.slice_head else
-               "its peak pixel probability")
+    pixels = thresholds.lesion_score            # "peak" or "mean"
+    scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
+               "slice head's over its slices)" if thresholds.slice_head else
+               f"its {pixels} pixel probability")
     intensity = spec.intensity
     windows = f", windows {list(intensity.windows)}" if intensity.windows else ""
     return f"""# scanside {modality} model

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from edge.errors import ModelError
 
 INTENSITY_KINDS = ("ct_windows", "mr_zscore", "pet_suv")
+LESION_SCORES = ("peak", "mean")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Intensity:
 class Thresholds:
     lesion_probability: float = 0.5      # a pixel belongs to a lesion above this
     detection_probability: float = 0.5   # a lesion is reported when its probability reaches this
+    lesion_score: str = "peak"           # a lesion's probability: its pixels' "peak" or "mean"
     slice_head: bool = False             # the slice head caps a lesion's probability (calibrated)
     min_volume_mm3: float = 15.0         # smaller 3D components are dropped
     provisional_probability: float = 0.8  # a slice alone raises a provisional alert above
@@ -96,5 +98,8 @@ class ModelSpec:
         if not 0 < self.thresholds.lesion_probability < 1:
             problems.append(f"thresholds.lesion_probability {self.thresholds.lesion_probability}"
                             ": expected between 0 and 1")
+        if self.thresholds.lesion_score not in LESION_SCORES:
+            problems.append(f"thresholds.lesion_score {self.thresholds.lesion_score!r}: "
+                            f"expected one of {LESION_SCORES}")
         if problems:
             raise ModelError(f"{source}: " + "; ".join(problems))

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from edge.errors import ModelError
 from edge.inference.postprocess import find_lesions, lesions_on_slice
 from edge.inference.preprocess import slice_grid
 from edge.inference.spec import Intensity, ModelSpec, Thresholds
@@ -124,3 +125,23 @@ def test_under_slice_head_a_saturated_spot_the_tumour_head_doubts_takes_its_prob
     assert [f.probability for f in find_lesions(doubted, 1.0, pixels_only)] == [1.0, 1.0]
     assert lesions_on_slice(doubted[10], pixels_only)[0].probability == 1.0
     assert SPEC.thresholds.slice_head is False       # models calibrated before it: unchanged
+
+
+def test_scored_by_the_mean_a_confident_lesion_outranks_a_saturated_core_in_a_doubtful_rim():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    maps = predictions(headers, [((-15, -15, 10.0), 5.0, 0.6), ((-15, -15, 10.0), 2.0, 1.0),
+                                 ((15, 15, 20.0), 5.0, 0.95)])
+    by_peak = find_lesions(maps, 1.0, SPEC)
+    assert [round(f.probability, 2) for f in by_peak] == [1.0, 0.95]
+    mean = replace(SPEC, thresholds=replace(SPEC.thresholds, lesion_score="mean"))
+    by_mean = find_lesions(maps, 1.0, mean)
+    assert [round(f.probability, 2) for f in by_mean] == [0.95, pytest.approx(0.64, abs=0.03)]
+    assert by_mean[0].center_mm == pytest.approx((15, 15, 20), abs=0.6)
+    (on_slice,) = lesions_on_slice(maps[10], mean)
+    assert on_slice.probability == pytest.approx(0.6 + 0.4 * 13 / 81, abs=0.02)
+
+
+def test_a_spec_with_an_unknown_lesion_score_is_refused_naming_the_value():
+    text = replace(SPEC, thresholds=replace(SPEC.thresholds, lesion_score="median")).to_json()
+    with pytest.raises(ModelError, match="lesion_score 'median': expected one of"):
+        ModelSpec.from_json(text, "model.onnx")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from edge.inference.spec import LESION_SCORES
 from models.calibrate import DETECTION, VOLUME_MM3, calibrate, choose
 from models.checkpoint import load_checkpoint
 from models.torch_backend import TorchBackend
@@ -50,9 +51,12 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
     assert calibrated.thresholds.detection_probability == chosen["detection_probability"]
     assert calibrated.thresholds.min_volume_mm3 == chosen["min_volume_mm3"]
     assert calibrated.thresholds.slice_head == chosen["slice_head"]
+    assert calibrated.thresholds.lesion_score == chosen["lesion_score"]
     assert calibrated.training_data["calibration"]["series"] == len(pet_cases)
     points = json.loads((tmp_path / "calibrated.pt.calibration.json").read_text())["points"]
     pixel = load_checkpoint(source).spec.thresholds.lesion_probability
-    by_peak = [d for d in DETECTION if d >= pixel]       # lower ones repeat the same point
-    assert len(points) == (len(DETECTION) + len(by_peak)) * len(VOLUME_MM3)
+    by_pixels = [d for d in DETECTION if d >= pixel]     # lower ones repeat the same point
+    per_score = (len(DETECTION) + len(by_pixels)) * len(VOLUME_MM3)
+    assert [sum(p["lesion_score"] == score for p in points) for score in LESION_SCORES] == \
+        [per_score] * len(LESION_SCORES)
     assert load_checkpoint(source).spec.thresholds.detection_probability == 0.5   # untouched
