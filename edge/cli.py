@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     train.add_argument("--workers", type=int, default=2, help="processes preparing cases")
     train.add_argument("--init-encoder", type=Path, help="checkpoint whose encoder to start from")
+    train.add_argument("--init-weights", type=Path, metavar="CHECKPOINT",
+                       help="fine-tune: start from every weight of a model of the same "
+                            "modality (its network size and input replace --base-channels "
+                            "and --depth), with a fresh optimiser and learning-rate schedule")
     train.add_argument("--freeze-encoder-epochs", type=int, default=0)
     train.add_argument("--tumour-labels", type=int, nargs="+",
                        help="Decathlon label values that are tumour (default: by name)")
@@ -269,7 +273,7 @@ def _train(args: argparse.Namespace) -> int:
         network=NetworkConfig(base_channels=args.base_channels, depth=args.depth),
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         crop=args.crop, learning_rate=args.learning_rate, seed=args.seed, device=args.device,
-        workers=args.workers, init_encoder=args.init_encoder,
+        workers=args.workers, init_encoder=args.init_encoder, init_weights=args.init_weights,
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
         balance_lesions_mm2=args.balance_lesions_mm2,
         tumour_labels=tuple(args.tumour_labels) if args.tumour_labels else None))

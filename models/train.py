@@ -4,9 +4,11 @@ Loss: soft Dice + binary cross-entropy on the lesion map, plus cross-entropy on 
 slice-level tumour head. Both Dice and plain cross-entropy count voxels, so on a slice a
 30 mm lesion outweighs a 5 mm one 36-fold; with `balance_lesions_mm2` the cross-entropy
 weighs each lesion on a slice smaller than that area as if it had it (`lesion_weights`).
-Sampling oversamples slices with lesions and crops around them; every batch is augmented
-(`augment.py`). The validation split is by patient. Each epoch
-ends with validation, `last.pt` (for --resume) and, when validation Dice improves,
+Transfer learning: `init_encoder` copies another model's encoder (CT into PET, say);
+`init_weights` starts from every weight of a model of the same modality, to fine-tune it
+on more data. Sampling oversamples slices with lesions and crops around them; every
+batch is augmented (`augment.py`). The validation split is by patient. Each epoch ends
+with validation, `last.pt` (for --resume) and, when validation Dice improves,
 `model.pt` (the slim inference checkpoint). Runs on CPU or CUDA; under `torchrun` it
 trains data-parallel with DistributedDataParallel (gloo on CPU, NCCL on GPUs).
 """
@@ -26,6 +28,7 @@ from torch import distributed as dist
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from edge.errors import ModelError
 from edge.inference.spec import Intensity, ModelSpec
 from models.augment import AugmentConfig, augment
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -60,6 +63,7 @@ class TrainConfig:
     device: str = "cpu"
     workers: int = 2
     init_encoder: Path | None = None
+    init_weights: Path | None = None     # fine-tuning: every weight, and the network size
     freeze_encoder_epochs: int = 0
     resume: bool = False
     tumour_labels: tuple[int, ...] | None = None
@@ -74,15 +78,31 @@ def train(config: TrainConfig) -> Path | None:
     torch.manual_seed(config.seed + rank)
     generator = torch.Generator().manual_seed(config.seed + rank)
     rng = np.random.default_rng(config.seed + rank)
+    spec = config.spec or DEFAULT_SPECS[config.modality]
+    start_from = None
+    if config.init_weights and not config.resume:
+        start_from = load_checkpoint(config.init_weights)
+        if start_from.spec.modality != config.modality:
+            raise ModelError(f"{config.init_weights}: a {start_from.spec.modality} model; "
+                             f"fine-tuning for {config.modality} needs a {config.modality} one")
+        spec = replace(spec, size=start_from.spec.size, spacing_mm=start_from.spec.spacing_mm,
+                       intensity=start_from.spec.intensity)     # the input it learned on
     cases = find_cases(config.data, config.modality, config.tumour_labels)
     train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
-    spec = replace(config.spec or DEFAULT_SPECS[config.modality], training_data={
+    spec = replace(spec, training_data={
         "digest": digest(cases), "cases": len(cases), "validation_cases": len(val_cases),
-        "sources": [str(p) for p in config.data], "seed": config.seed})
+        "sources": [str(p) for p in config.data], "seed": config.seed,
+        **({"fine_tuned_from": str(config.init_weights)} if start_from else {})})
     workers = config.workers if rank == 0 else 1
     train_data = load_all(train_cases, spec, workers)
     val_data = load_all(val_cases, spec, workers) if rank == 0 else []
-    net = DetectionNet(replace(config.network, in_channels=spec.channels)).to(device)
+    network = (start_from.network if start_from else
+               replace(config.network, in_channels=spec.channels))
+    net = DetectionNet(network).to(device)
+    if start_from is not None:
+        net.load_state_dict(start_from.state)
+        _say(rank, f"every weight initialised from {config.init_weights} "
+                   f"(epoch {start_from.epoch} of its training)")
     if config.init_encoder and not config.resume:
         copied = transfer_encoder(net, load_checkpoint(config.init_encoder).build())
         _say(rank, f"encoder initialised from {config.init_encoder}: {len(copied)} tensors")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from edge.errors import ModelError
 from models.checkpoint import load_checkpoint
 from models.data import DicomCase, prepare
 from models.network import TINY, DetectionNet, NetworkConfig
@@ -148,6 +149,31 @@ def test_initialising_from_another_checkpoint_copies_its_encoder(pet_cases, tmp_
         if key.startswith("encoder.") and "running" not in key and "num_batches" not in key:
             assert torch.equal(value, target.state_dict()[key]), key  # frozen: unchanged
     assert json.loads((tmp_path / "target" / "history.json").read_text())[0]["encoder_frozen"]
+
+
+def test_fine_tuning_starts_from_every_weight_and_the_network_size_of_the_checkpoint(
+        pet_cases, tmp_path):
+    wider = NetworkConfig(base_channels=6, depth=2, max_channels=16)
+    train(tiny_config(pet_cases, tmp_path / "source", epochs=1, network=wider))
+    source = load_checkpoint(tmp_path / "source" / "model.pt")
+    # learning rate 0: the weights stay as they start (BatchNorm statistics still move)
+    train(tiny_config(pet_cases, tmp_path / "target", epochs=1, learning_rate=0.0,
+                      init_weights=tmp_path / "source" / "model.pt"))
+    target = load_checkpoint(tmp_path / "target" / "last.pt")
+    assert target.network == wider != TINY
+    learned = [k for k in source.state if "running" not in k and "num_batches" not in k]
+    assert len(learned) > 50
+    for key in learned:
+        assert torch.equal(source.state[key], target.state[key]), key
+    assert target.spec.training_data["fine_tuned_from"] == str(tmp_path / "source" / "model.pt")
+    assert len(target.history) == 1                # a fresh run, not the source's epochs
+
+
+def test_fine_tuning_refuses_a_model_of_another_modality(pet_cases, tmp_path):
+    train(tiny_config(pet_cases, tmp_path / "source", epochs=1))
+    with pytest.raises(ModelError, match="a PT model; fine-tuning for CT needs a CT one"):
+        train(tiny_config(pet_cases, tmp_path / "target", modality="CT",
+                          init_weights=tmp_path / "source" / "model.pt"))
 
 
 @pytest.mark.slow
