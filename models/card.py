@@ -137,8 +137,9 @@ A hit is a finding whose centre lies within max(5 mm, 0.75 x diameter) of the le
 |---|---|---|
 {figures}
 
-FROC (`eval/froc.png`), lesion sensitivity at a false-positive rate per scan:
-{', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
+FROC (`eval/froc.png`) over every candidate lesion, whatever its probability (the
+operating point above is one point of it), lesion sensitivity at a false-positive rate per
+scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
 Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
 listed in `eval/eval.json` with its size, shape and organ.
 

@@ -5,23 +5,25 @@ lesion when its centre lies within max(5 mm, 0.75 x the lesion's diameter) of th
 lesion's centre; findings are matched greedily from the most probable, each lesion at
 most once, so the matches at any probability cut-off are those of the full list cut
 there. Reported per modality: lesion sensitivity (all, >= 10 mm) and false positives per
-scan at the model's operating point, the FROC curve, series-level sensitivity,
-specificity and AUC, and pixel Dice on the network grid.
+scan at the model's operating point; the FROC curve, over every candidate lesion whatever
+its probability (the operating point is one point of it); series-level sensitivity,
+specificity and AUC; and pixel Dice on the network grid.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from edge.backends.base import Backend
+from edge.inference.postprocess import find_lesions
 from edge.inference.preprocess import resample
-from edge.inference.series import predict, summarise
+from edge.inference.series import predict, slice_spacing_mm, summarise
 from edge.values import Finding
 from models.data import DicomCase
 from models.train import auc
@@ -60,10 +62,21 @@ class CaseResult:
     status: str
     dice_parts: tuple[float, float, float] = (0.0, 0.0, 0.0)   # intersection, predicted, true
     reason: str | None = None
+    candidates: list[Finding] | None = None   # below the detection threshold too (None:
+                                              # the findings); the FROC walks down these
 
     @property
     def score(self) -> float:
         return max((f.probability for f in self.findings), default=0.0)
+
+    def marks(self) -> list[tuple[float, bool]]:
+        """(probability, hit) of every candidate lesion, for the FROC."""
+        if self.candidates is None:
+            return [(f.probability, m is not None)
+                    for f, m in zip(self.findings, self.matches, strict=True)]
+        candidates = sorted(self.candidates, key=lambda f: -f.probability)
+        return [(f.probability, m is not None)
+                for f, m in zip(candidates, match(self.truth, candidates), strict=True)]
 
 
 def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
@@ -86,9 +99,12 @@ def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
         predicted += hit.sum()
         true += mask.sum()
     findings = sorted(result.findings, key=lambda f: -f.probability)
+    every = replace(backend.spec, thresholds=replace(backend.spec.thresholds,
+                                                     detection_probability=0.0))
+    candidates = find_lesions(prediction.predictions, slice_spacing_mm(prediction), every)
     return CaseResult(folder.name, truth["modality"], truth["lesions"], findings,
                       match(truth["lesions"], findings), result.status,
-                      (intersection, predicted, true), result.reason)
+                      (intersection, predicted, true), result.reason, candidates)
 
 
 def evaluate(folders: Sequence[Path], backend: Backend) -> list[CaseResult]:
@@ -96,12 +112,11 @@ def evaluate(folders: Sequence[Path], backend: Backend) -> list[CaseResult]:
 
 
 def froc(cases: Sequence[CaseResult]) -> list[dict]:
-    """(threshold, sensitivity, false positives per scan) at every distinct finding
-    probability. Findings with equal probabilities (saturated at 1.0, say) pass or fail
+    """(threshold, sensitivity, false positives per scan) at every distinct candidate
+    probability. Candidates with equal probabilities (saturated at 1.0, say) pass or fail
     a threshold together, so a point is taken only after the last of them."""
     lesions = sum(len(c.truth) for c in cases)
-    marks = sorted(((f.probability, m is not None) for c in cases
-                    for f, m in zip(c.findings, c.matches, strict=True)), reverse=True)
+    marks = sorted((mark for c in cases for mark in c.marks()), reverse=True)
     points, hits, false = [], 0, 0
     for i, (probability, hit) in enumerate(marks):
         hits += hit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -79,6 +80,20 @@ def test_findings_of_equal_probability_count_together_on_the_froc():
     points = froc(cases)
     assert [(p["sensitivity"], p["fp_per_scan"]) for p in points] == [(1.0, 1.0)]
     assert sensitivity_at(points, 0.5) == 0.0   # no threshold keeps the hit alone
+
+
+def test_the_froc_goes_on_below_the_operating_point_through_the_candidates():
+    reported = [finding(0, 0.97)]
+    below = [finding(100, 0.6), finding(50, 0.7)]
+    cases = [replace(case("a", [lesion(0), lesion(100)], reported),
+                     candidates=reported + below),
+             replace(case("b", [], []), candidates=[finding(10, 0.8)])]
+    points = froc(cases)
+    assert [(p["threshold"], p["sensitivity"], p["fp_per_scan"]) for p in points] == [
+        (0.97, 0.5, 0.0), (0.8, 0.5, 0.5), (0.7, 0.5, 1.0), (0.6, 1.0, 1.0)]
+    m = metrics(cases)
+    assert (m["lesion_sensitivity"], m["false_positives_per_scan"]) == (0.5, 0.0)
+    assert m["froc"]["1"] == 1.0            # the curve, not the operating point
 
 
 def test_a_set_without_negatives_has_no_specificity():
