@@ -188,11 +188,15 @@ def write_report(results: dict[str, list[CaseResult]], out: Path) -> Report:
     report = Report({modality: metrics(cases) for modality, cases in results.items()})
     (out / "eval.json").write_text(json.dumps(report.by_modality, indent=2) + "\n")
     (out / "eval.md").write_text(report.table() + "\n")
-    plot_froc({m: froc(c) for m, c in results.items()}, out / "froc.png")
+    plot_froc({m: froc(c) for m, c in results.items()}, out / "froc.png",
+              {m: (r["false_positives_per_scan"], r["lesion_sensitivity"])
+               for m, r in report.by_modality.items()})
     return report
 
 
-def plot_froc(curves: dict[str, list[dict]], path: Path) -> None:
+def plot_froc(curves: dict[str, list[dict]], path: Path,
+              operating: dict[str, tuple[float, float]] | None = None) -> None:
+    """The curves, each model's operating point (FP per scan, sensitivity) on its own."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,10 +204,14 @@ def plot_froc(curves: dict[str, list[dict]], path: Path) -> None:
 
     fig, axis = plt.subplots(figsize=(6, 4.5))
     for modality, points in sorted(curves.items()):
-        axis.step([p["fp_per_scan"] for p in points], [p["sensitivity"] for p in points],
-                  where="post", label=modality)
+        line, = axis.step([p["fp_per_scan"] for p in points],
+                          [p["sensitivity"] for p in points], where="post", label=modality)
+        if operating and modality in operating:
+            axis.plot(*operating[modality], "o", color=line.get_color(),
+                      label=f"{modality} operating point")
     axis.axvline(0.5, color="grey", linestyle=":", label="0.5 FP/scan")
     axis.set_xscale("symlog", linthresh=0.1)
+    axis.set_xlim(left=0)
     axis.set_xlabel("false positives per scan")
     axis.set_ylabel("lesion sensitivity")
     axis.set_ylim(0, 1.02)
