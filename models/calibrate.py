@@ -3,11 +3,10 @@
 The network's probability maps are computed once per series; lesions are then extracted
 again for every candidate detection threshold (on a lesion's probability), minimum volume
 and way of scoring a lesion (its pixels' peak or mean, each alone or capped by the slice
-head), and scored
-as `scanside eval` scores them. The chosen point is the one with the best lesion
-sensitivity (>= 10 mm first, then all) among those within the false-positive and
-specificity limits; if none is, the most sensitive one with at most one false positive
-per scan (a usual CAD operating point); if none is, the one with the fewest false
+head), and scored as `scanside eval` scores them. The chosen point is the one with the
+best lesion sensitivity (>= 10 mm first, then all) among those within the false-positive
+and specificity limits; if none is, the most sensitive one with at most one false
+positive per scan (a usual CAD operating point); if none is, the one with the fewest false
 positives. It is written into a copy of the checkpoint.
 The calibration set must be neither the training nor the held-out set.
 """
