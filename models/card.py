@@ -87,6 +87,9 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
     scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
                "slice head's over its slices)" if thresholds.slice_head else
                f"its {pixels} pixel probability")
+    fine_tuned = (f"\n- Fine-tuned: every weight started from `{data['fine_tuned_from']}`; the "
+                  "epochs and curves below are the fine-tuning's." if "fine_tuned_from" in data
+                  else "")
     intensity = spec.intensity
     windows = f", windows {list(intensity.windows)}" if intensity.windows else ""
     return f"""# scanside {modality} model
@@ -122,7 +125,7 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
 
 - Training data: {data.get('cases', '?')} synthetic series, {data.get('validation_cases', '?')}
   of them held back for validation (split by patient); training seed
-  {data.get('seed', '?')}; data digest `{str(data.get('digest', ''))[:16]}`.
+  {data.get('seed', '?')}; data digest `{str(data.get('digest', ''))[:16]}`.{fine_tuned}
 - {len(history)} epochs; the checkpoint kept is the one with the best validation Dice,
   {best['val_dice']:.4f} at epoch {best['epoch']}. Curves: `training.png`.
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 from models.calibrate import calibrate
 from models.card import card
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluate import evaluate, write_report
 from models.torch_backend import TorchBackend
 
@@ -31,3 +33,11 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     assert f"| {fp:.3f} |" in row and ("met" if fp <= 0.5 else "**missed**") in row
     assert "- onnx-parity.json: not run" in text
     assert "ms median for one network input" in text
+    assert "Fine-tuned" not in text
+
+    checkpoint = load_checkpoint(entry / "model.pt")    # the same model, as a fine-tuning
+    checkpoint.spec = replace(checkpoint.spec, training_data={
+        **checkpoint.spec.training_data, "fine_tuned_from": "models/zoo/PT/model.pt"})
+    save_checkpoint(entry / "model.pt", checkpoint, slim=True)
+    text = card(entry, "scanside train --init-weights models/zoo/PT/model.pt", heldout_seed=77)
+    assert "- Fine-tuned: every weight started from `models/zoo/PT/model.pt`" in text
