@@ -54,6 +54,15 @@ class Tracer:
 
 
 @dataclass(frozen=True)
+class MRSequence:
+    """The MR contrast an acquisition's tags announce: T1 (short TR and TE, spin echo) or
+    T2 (long TR and TE, fast spin echo), with or without fat saturation."""
+
+    weighting: str = "T1"
+    fat_suppressed: bool = False
+
+
+@dataclass(frozen=True)
 class SeriesIdentity:
     """What every slice of one series shares."""
 
@@ -68,6 +77,7 @@ class SeriesIdentity:
     manufacturer: str = "scanside synthetic"
     expected_count: int | None = None      # ImagesInAcquisition / NumberOfSlices
     tracer: Tracer | None = None           # PET only
+    sequence: MRSequence | None = None     # MR only
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,7 @@ def make_dataset(values: np.ndarray, series: SeriesIdentity, plane: Plane,
     if series.modality == "CT":
         _ct(ds)
     elif series.modality == "MR":
-        _mr(ds)
+        _mr(ds, series.sequence or MRSequence())
     elif series.modality == "PT":
         _pet(ds, series, plane)
     if compressed:  # pydicom's own encoder; lossless, so the instance keeps its UID
@@ -202,14 +212,15 @@ def _ct(ds: Dataset) -> None:
     ds.ConvolutionKernel = "STANDARD"
 
 
-def _mr(ds: Dataset) -> None:
+def _mr(ds: Dataset, sequence: MRSequence) -> None:
+    t2 = sequence.weighting == "T2"
     ds.ScanningSequence = "SE"
-    ds.SequenceVariant = "NONE"
-    ds.ScanOptions = ""
+    ds.SequenceVariant = "SK" if t2 else "NONE"        # segmented k-space: fast spin echo
+    ds.ScanOptions = "FS" if sequence.fat_suppressed else ""
     ds.MRAcquisitionType = "2D"
-    ds.RepetitionTime = "500"
-    ds.EchoTime = "15"
-    ds.EchoTrainLength = 1
+    ds.RepetitionTime = "4000" if t2 else "500"
+    ds.EchoTime = "90" if t2 else "15"
+    ds.EchoTrainLength = 16 if t2 else 1
     ds.MagneticFieldStrength = "1.5"
     ds.AcquisitionNumber = 1
 

@@ -30,6 +30,7 @@ class Appearance:
     scale: float = 1.0             # MR: arbitrary receiver scaling
     bias: float = 0.0              # MR: bias field strength
     weighting: str = ""            # MR: T1 or T2
+    fat_suppressed: bool = False   # MR
     waves: tuple = ()              # 3D cosine waves for texture and bias
 
 
@@ -49,8 +50,10 @@ def sample_appearance(modality: str, rng: np.random.Generator) -> Appearance:
     raise ValueError(f"modality {modality!r}: expected CT, MR or PT")
 
 
-def _jitter(rng, values: dict, spread: float) -> dict:
-    return {k: v + rng.normal(0, spread * max(abs(v), 1)) for k, v in values.items()}
+def _jitter(rng, values: dict, spread: float, floor: float = 1.0) -> dict:
+    """Each value moved by a normal draw of `spread` times the value (at least `floor`, in
+    the values' own units, so that values near zero move too)."""
+    return {k: v + rng.normal(0, spread * max(abs(v), floor)) for k, v in values.items()}
 
 
 def _ct(rng, waves) -> Appearance:
@@ -79,12 +82,12 @@ def _mr(rng, waves) -> Appearance:
                   T.LUNG: 0.04, T.LIVER: 0.22, T.SPLEEN: 0.45, T.KIDNEY: 0.5, T.BONE: 0.04,
                   T.MARROW: 0.2 if fatsat else 0.5, T.VESSEL: 0.05, T.GAS: 0, T.CSF: 1.0,
                   T.BLADDER: 1.0, T.DISC: 0.6}
-    tissue = {k: max(0.0, float(v)) for k, v in _jitter(rng, tissue, 0.1).items()}
+    tissue = {k: max(0.0, float(v)) for k, v in _jitter(rng, tissue, 0.1, floor=0.05).items()}
     tissue[T.AIR] = tissue[T.GAS] = 0.0
     return Appearance("MR", tissue, ORGAN_TISSUE, texture=rng.uniform(0.01, 0.04),
                       blur_mm=rng.uniform(0.4, 1.0), noise=rng.uniform(0.015, 0.05),
                       scale=float(rng.uniform(150, 3000)), bias=rng.uniform(0.05, 0.3),
-                      weighting=weighting, waves=waves)
+                      weighting=weighting, fat_suppressed=fatsat, waves=waves)
 
 
 def _pet(rng, waves) -> Appearance:

@@ -30,13 +30,14 @@ from tqdm import tqdm
 from edge.values import Patient as PatientIds
 from models.synthetic.anatomy import Patient, sample_patient
 from models.synthetic.dicom import (
-    Plane as DicomPlane,
-)
-from models.synthetic.dicom import (
+    MRSequence,
     SeriesIdentity,
     StorageConvention,
     Tracer,
     make_dataset,
+)
+from models.synthetic.dicom import (
+    Plane as DicomPlane,
 )
 from models.synthetic.physics import Appearance, Plane, render, sample_appearance
 
@@ -127,7 +128,8 @@ def write_case(modality: str, seed: int, index: int, out: Path) -> Path:
     protocol = sample_protocol(modality, rng)
     folder = out / f"{modality}-{seed}-{index:04d}"
     folder.mkdir(parents=True, exist_ok=True)
-    identity, planes = _plan(modality, patient, protocol, rng, f"{modality}-{seed}-{index:04d}")
+    identity, planes = _plan(modality, patient, appearance, protocol, rng,
+                             f"{modality}-{seed}-{index:04d}")
     labels = []
     for plane, dicom_plane in planes:
         values, lesion_ids = render(patient, appearance, plane, rng)
@@ -147,7 +149,8 @@ def _code(modality: str) -> int:
     return {"CT": 1, "MR": 2, "PT": 3}[modality]
 
 
-def _plan(modality, patient: Patient, protocol: Protocol, rng, case: str):
+def _plan(modality, patient: Patient, appearance: Appearance, protocol: Protocol, rng,
+          case: str):
     iop = np.array(POSITIONS[protocol.position], float)
     row_dir, col_dir = iop[:3], iop[3:]
     zs = np.arange(patient.scan_z[0], patient.scan_z[1], protocol.step_mm)
@@ -163,7 +166,9 @@ def _plan(modality, patient: Patient, protocol: Protocol, rng, case: str):
         series_number=int(rng.integers(1, 900)),
         description=str(rng.choice(DESCRIPTIONS[modality])), acquired_at=acquired,
         patient=PatientIds(f"Synthetic^{case}", case, "19600101"),
-        expected_count=len(zs) if protocol.expected_count_tag else None, tracer=tracer)
+        expected_count=len(zs) if protocol.expected_count_tag else None, tracer=tracer,
+        sequence=(MRSequence(appearance.weighting, appearance.fat_suppressed)
+                  if modality == "MR" else None))
     half = np.array([(protocol.columns - 1) / 2, (protocol.rows - 1) / 2]) * protocol.pixel_mm
     numbers = range(1, len(zs) + 1) if protocol.ascending_files else range(len(zs), 0, -1)
     planes = []
@@ -211,6 +216,8 @@ def _write_truth(folder: Path, identity: SeriesIdentity, patient: Patient, proto
                       "thickness_mm": round(protocol.thickness_mm, 2),
                       "step_mm": round(protocol.step_mm, 2),
                       "transfer_syntax": str(protocol.storage.transfer_syntax.name),
-                      "weighting": appearance.weighting or None},
+                      "weighting": appearance.weighting or None,
+                      **({"fat_suppressed": appearance.fat_suppressed}
+                         if identity.modality == "MR" else {})},
     }
     (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")

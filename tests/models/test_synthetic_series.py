@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pydicom
 import pytest
 from scipy import ndimage
 
@@ -14,6 +15,8 @@ from edge.inference.preprocess import suv_factor
 from edge.ingest.reader import read_file
 from edge.series.geometry import analyse_geometry
 from models.data import DicomCase
+from models.synthetic.anatomy import Tissue as T
+from models.synthetic.physics import sample_appearance
 
 
 def read_series(folder):
@@ -91,3 +94,21 @@ def test_synth_command_writes_readable_mr_series(tmp_path):
     assert {p.header.modality for p in planes} == {"MR"}
     assert planes[0].header.rows in (256, 320)
     assert not [p for p in geometry.problems if p.kind != "gap"]
+    generator = json.loads((folder / "truth.json").read_text())["generator"]
+    tags = pydicom.dcmread(DicomCase(folder).files()[0], stop_before_pixels=True)
+    t2 = generator["weighting"] == "T2"
+    assert (float(tags.EchoTime) > 60, float(tags.RepetitionTime) > 2000) == (t2, t2)
+    assert ("FS" in tags.ScanOptions) == generator["fat_suppressed"]
+
+
+def test_mr_tissues_vary_between_patients_about_their_weighting_s_values():
+    """About 10 % from patient to patient: enough to vary, not so much that a T2 liver turns
+    as black as air or a T1 liver darker than its spleen, as an absolute spread did."""
+    draws = [sample_appearance("MR", np.random.default_rng(seed)) for seed in range(300)]
+    for weighting, nominal in (("T1", 0.5), ("T2", 0.22)):
+        livers = np.array([a.tissue[T.LIVER] for a in draws if a.weighting == weighting])
+        assert abs(livers.mean() / nominal - 1) < 0.05
+        assert 0.06 < livers.std() / livers.mean() < 0.15
+    t1 = [a for a in draws if a.weighting == "T1"]
+    brighter = np.mean([a.tissue[T.LIVER] > a.tissue[T.SPLEEN] for a in t1])
+    assert brighter > 0.95
