@@ -129,6 +129,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="weigh each lesion on a slice smaller than AREA mm2 in the "
                             "cross-entropy as if it had that area (at most 25x; default 0: "
                             "every lesion voxel weighs the same)")
+    train.add_argument("--mr-weighting", action="store_true",
+                       help="MR: give the network a second input channel saying whether "
+                            "the echo and repetition times weight a slice by T1 or T2")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
@@ -275,7 +278,7 @@ def _train(args: argparse.Namespace) -> int:
         crop=args.crop, learning_rate=args.learning_rate, seed=args.seed, device=args.device,
         workers=args.workers, init_encoder=args.init_encoder, init_weights=args.init_weights,
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
-        balance_lesions_mm2=args.balance_lesions_mm2,
+        balance_lesions_mm2=args.balance_lesions_mm2, mr_weighting=args.mr_weighting,
         tumour_labels=tuple(args.tumour_labels) if args.tumour_labels else None))
     if best is not None:
         print(f"best model: {best}")

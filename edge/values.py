@@ -79,6 +79,7 @@ class SliceHeader:
     units: str                          # unit of Slice.pixels(): HU, BQML, ... or "stored"
     series_description: str
     pet: PetTags | None = None
+    mr_weighting: str = ""              # MR: "T1", "T2" or "" (proton density or unknown)
     patient: Patient = field(default=Patient(), repr=False)
 
     @property

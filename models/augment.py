@@ -56,19 +56,26 @@ def warp(images: torch.Tensor, masks: torch.Tensor,
     return images, masks
 
 
-def jitter_intensity(images: torch.Tensor, config: AugmentConfig,
-                     generator: torch.Generator) -> torch.Tensor:
+def jitter_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                     image_channels: int | None = None) -> torch.Tensor:
+    """Scale, shift and add noise to the first `image_channels` channels (all by default);
+    the others (an MR weighting code, say) describe the slice and stay as they are."""
     n, c = images.shape[:2]
     scale = 1 + config.intensity_scale * (2 * torch.rand(n, c, 1, 1, generator=generator) - 1)
     shift = config.intensity_shift * (2 * torch.rand(n, c, 1, 1, generator=generator) - 1)
     low, high = config.noise_std
     sigma = low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator)
     noise = torch.randn(images.shape, generator=generator) * sigma
-    return images * scale + shift + noise
+    jittered = images * scale + shift + noise
+    if image_channels is None or image_channels >= c:
+        return jittered
+    return torch.cat([jittered[:, :image_channels], images[:, image_channels:]], dim=1)
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig,
-            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment a batch: (N, C, H, W) images and (N, 1, H, W) float masks."""
+            generator: torch.Generator,
+            image_channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment a batch: (N, C, H, W) images and (N, 1, H, W) float masks. Intensity
+    jitter touches only the first `image_channels` channels (all by default)."""
     images, masks = warp(images, masks, random_affines(len(images), config, generator))
-    return jitter_intensity(images, config, generator), masks
+    return jitter_intensity(images, config, generator, image_channels), masks

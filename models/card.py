@@ -92,6 +92,9 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
                   else "")
     intensity = spec.intensity
     windows = f", windows {list(intensity.windows)}" if intensity.windows else ""
+    if intensity.weighting:
+        windows += ("; a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
+                    "and repetition times")
     return f"""# scanside {modality} model
 
 **Trained and evaluated on synthetic studies only. Not for clinical use.** Its figures

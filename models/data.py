@@ -33,6 +33,10 @@ from edge.ingest.reader import read_file
 from edge.values import Patient, Rescale, Slice, SliceHeader
 
 TUMOUR_WORDS = re.compile(r"tumou?r|cancer|lesion|nodule|metasta|mass", re.IGNORECASE)
+# Decathlon channel names (dataset.json "modality") that each modality reads, first match
+# taken: BrainTumour has FLAIR, T1w, t1gd, T2w; Prostate T2 and ADC.
+CHANNEL_NAMES = {"CT": ("CT",), "PT": ("PET", "PT"),
+                 "MR": ("MR", "T2", "T1", "FLAIR", "PD", "ADC", "DWI")}
 NOT_DICOM = {".json", ".npz", ".nii", ".gz", ".png", ".txt", ".md"}
 
 
@@ -87,6 +91,7 @@ class NiftiCase:
     modality: str
     tumour_labels: tuple[int, ...]
     channel: int = 0
+    mr_weighting: str = ""     # from the channel's name: T1, T2 (FLAIR too) or ""
 
     @property
     def name(self) -> str:
@@ -103,14 +108,15 @@ class NiftiCase:
         if data.shape != label.shape:
             raise ModelError(f"{self.label}: shape {label.shape} differs from the image's "
                              f"{data.shape}")
-        headers = nifti_headers(image.affine, data.shape, self.modality, str(self.image))
+        headers = nifti_headers(image.affine, data.shape, self.modality, str(self.image),
+                                self.mr_weighting)
         planes = [Slice(h, np.ascontiguousarray(data[:, :, k].T)) for k, h in enumerate(headers)]
         masks = [np.isin(label[:, :, k].T, self.tumour_labels) for k in range(data.shape[2])]
         return planes, masks
 
 
 def nifti_headers(affine: np.ndarray, shape: tuple[int, ...], modality: str,
-                  path: str) -> list[SliceHeader]:
+                  path: str, mr_weighting: str = "") -> list[SliceHeader]:
     """DICOM-style headers for the axial planes of a NIfTI volume.
 
     NIfTI's affine maps voxels to RAS+; DICOM patient coordinates are LPS+. Plane k is
@@ -130,7 +136,8 @@ def nifti_headers(affine: np.ndarray, shape: tuple[int, ...], modality: str,
         position_mm=tuple(float(v) for v in lps @ np.array([0, 0, k, 1.0]))[:3],
         orientation=orientation, spacing_mm=spacing, slice_thickness_mm=float(
             np.linalg.norm(lps[:3, 2])), expected_count=shape[2], instance_number=k + 1,
-        rescale=Rescale(), units=units, series_description="NIfTI", patient=Patient())
+        rescale=Rescale(), units=units, series_description="NIfTI", mr_weighting=mr_weighting,
+        patient=Patient())
         for k in range(shape[2])]
 
 
@@ -157,9 +164,8 @@ def find_cases(paths: Iterable[Path], modality: str,
 def _decathlon(root: Path, modality: str, tumour_labels) -> list[NiftiCase]:
     info = json.loads((root / "dataset.json").read_text())
     modalities = {int(k): v.upper() for k, v in info.get("modality", {}).items()}
-    channel = next((k for k, v in modalities.items() if v.startswith(modality[:2])), None)
-    if modality == "PT":
-        channel = next((k for k, v in modalities.items() if v in ("PET", "PT")), channel)
+    channel = next((k for k, v in sorted(modalities.items())
+                    if v.startswith(CHANNEL_NAMES[modality])), None)
     if channel is None:
         raise ModelError(f"{root}/dataset.json: no {modality} channel in modality "
                          f"{info.get('modality')}")
@@ -169,8 +175,11 @@ def _decathlon(root: Path, modality: str, tumour_labels) -> list[NiftiCase]:
     if not tumour_labels:
         raise ModelError(f"{root}/dataset.json: no label names a tumour in "
                          f"{info.get('labels')}; name them with --tumour-labels")
+    name = modalities[channel]
+    weighting = ("T2" if name.startswith(("T2", "FLAIR")) else
+                 "T1" if name.startswith("T1") else "") if modality == "MR" else ""
     return [NiftiCase(root / item["image"], root / item["label"], modality,
-                      tuple(tumour_labels), channel) for item in info["training"]]
+                      tuple(tumour_labels), channel, weighting) for item in info["training"]]
 
 
 def prepare(case: DicomCase | NiftiCase, spec: ModelSpec) -> CaseData:

@@ -69,6 +69,7 @@ class TrainConfig:
     tumour_labels: tuple[int, ...] | None = None
     augment: AugmentConfig = AugmentConfig()
     balance_lesions_mm2: float = 0.0     # 0: every lesion voxel weighs the same
+    mr_weighting: bool = False           # MR: a second input channel says T1 or T2
 
 
 def train(config: TrainConfig) -> Path | None:
@@ -79,6 +80,9 @@ def train(config: TrainConfig) -> Path | None:
     generator = torch.Generator().manual_seed(config.seed + rank)
     rng = np.random.default_rng(config.seed + rank)
     spec = config.spec or DEFAULT_SPECS[config.modality]
+    if config.mr_weighting:
+        spec = replace(spec, intensity=replace(spec.intensity, weighting=True))
+        spec.validate(f"{config.modality} training")
     start_from = None
     if config.init_weights and not config.resume:
         start_from = load_checkpoint(config.init_weights)
@@ -86,7 +90,9 @@ def train(config: TrainConfig) -> Path | None:
             raise ModelError(f"{config.init_weights}: a {start_from.spec.modality} model; "
                              f"fine-tuning for {config.modality} needs a {config.modality} one")
         spec = replace(spec, size=start_from.spec.size, spacing_mm=start_from.spec.spacing_mm,
-                       intensity=start_from.spec.intensity)     # the input it learned on
+                       intensity=replace(start_from.spec.intensity,   # the input it learned on,
+                                         weighting=start_from.spec.intensity.weighting
+                                         or spec.intensity.weighting))  # perhaps widened
     cases = find_cases(config.data, config.modality, config.tumour_labels)
     train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
     spec = replace(spec, training_data={
@@ -96,15 +102,18 @@ def train(config: TrainConfig) -> Path | None:
     workers = config.workers if rank == 0 else 1
     train_data = load_all(train_cases, spec, workers)
     val_data = load_all(val_cases, spec, workers) if rank == 0 else []
-    network = (start_from.network if start_from else
-               replace(config.network, in_channels=spec.channels))
+    network = replace(start_from.network if start_from else config.network,
+                      in_channels=spec.channels)
     net = DetectionNet(network).to(device)
     if start_from is not None:
-        net.load_state_dict(start_from.state)
+        net.load_state_dict({name: fit_stem(tensor, spec.channels, spec.intensity.image_channels)
+                             if name in STEM_WEIGHTS else tensor
+                             for name, tensor in start_from.state.items()})
         _say(rank, f"every weight initialised from {config.init_weights} "
                    f"(epoch {start_from.epoch} of its training)")
     if config.init_encoder and not config.resume:
-        copied = transfer_encoder(net, load_checkpoint(config.init_encoder).build())
+        copied = transfer_encoder(net, load_checkpoint(config.init_encoder).build(),
+                                  spec.intensity.image_channels)
         _say(rank, f"encoder initialised from {config.init_encoder}: {len(copied)} tensors")
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -128,7 +137,8 @@ def train(config: TrainConfig) -> Path | None:
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(config, epoch * config.steps_per_epoch + step, total)
             images, masks, tumour = (torch.from_numpy(a) for a in sampler.batch(config.batch_size))
-            images, masks = augment(images, masks, config.augment, generator)
+            images, masks = augment(images, masks, config.augment, generator,
+                                    spec.intensity.image_channels)
             tumour = masks.flatten(1).amax(dim=1, keepdim=True)   # what survived the warp
             weights = (lesion_weights(masks, config.balance_lesions_mm2 / spec.spacing_mm**2)
                        .to(device) if config.balance_lesions_mm2 else None)
@@ -231,22 +241,41 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((greater + 0.5 * ties) / (len(positive) * len(negative)))
 
 
-def transfer_encoder(target: DetectionNet, source: DetectionNet) -> list[str]:
-    """Copy the encoder weights of `source` into `target`; returns the copied names.
+STEM_WEIGHTS = ("encoder.stem.conv1.weight", "encoder.stem.skip.0.weight")  # see the input
 
-    A stem with another number of input channels (CT's two windows into a one-channel
-    PET model, say) gets the source's stem averaged over its input channels.
+
+def fit_stem(weight: torch.Tensor, in_channels: int, image_channels: int) -> torch.Tensor:
+    """A stem weight (out, in, k, k) for a network with `in_channels` inputs, the first
+    `image_channels` of them pixel values.
+
+    Where the source has that many image channels its weights are kept; otherwise (CT's
+    two windows into a one-channel PET model, say) each image channel gets their mean.
+    Any further channel (an MR weighting code) starts at zero, so the network computes
+    what the source did until training teaches it to use that channel.
     """
+    if weight.shape[1] == in_channels:
+        return weight
+    fitted = weight.new_zeros((weight.shape[0], in_channels, *weight.shape[2:]))
+    n = min(image_channels, in_channels)
+    fitted[:, :n] = weight if weight.shape[1] == n else weight.mean(dim=1, keepdim=True)
+    return fitted
+
+
+def transfer_encoder(target: DetectionNet, source: DetectionNet,
+                     image_channels: int | None = None) -> list[str]:
+    """Copy the encoder weights of `source` into `target`; returns the copied names.
+    A stem for another number of input channels is fitted (`fit_stem`); `image_channels`
+    is the target's (all its channels by default)."""
     own = target.state_dict()
     copied = []
     for name, tensor in source.state_dict().items():
         if not name.startswith("encoder.") or name not in own:
             continue
         if tensor.shape != own[name].shape:
-            if name.endswith("stem.conv1.weight") or name.endswith("stem.skip.0.weight"):
-                tensor = tensor.mean(dim=1, keepdim=True).expand_as(own[name]).clone()
-            else:
+            if name not in STEM_WEIGHTS:
                 continue
+            in_channels = own[name].shape[1]
+            tensor = fit_stem(tensor, in_channels, image_channels or in_channels)
         own[name] = tensor.clone()
         copied.append(name)
     target.load_state_dict(own)

@@ -8,8 +8,9 @@ Three steps, each a pure function:
    patient position, so a feet-first or prone scan looks like the training data. The grid
    maps every network pixel to the original pixel and to patient coordinates (mm).
 2. Resampling (`resample`): anti-aliased when shrinking, linear interpolation.
-3. Intensity (`normalise`): CT Hounsfield windows, MR z-score inside the body mask,
-   PET SUVbw from the radiopharmaceutical tags.
+3. Intensity (`normalise`): CT Hounsfield windows, MR z-score inside the body mask (and,
+   if the model asks, its T1/T2 weighting as a channel), PET SUVbw from the
+   radiopharmaceutical tags.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from scipy.ndimage import affine_transform, gaussian_filter
 
 from edge.errors import DicomError
-from edge.inference.spec import ModelSpec
+from edge.inference.spec import WEIGHTING_CODES, ModelSpec
 from edge.values import Slice, SliceHeader
 
 FILL = {"CT": -1024.0, "MR": 0.0, "PT": 0.0}   # physical value outside the scanned field
@@ -107,8 +108,12 @@ def normalise(values: np.ndarray, header: SliceHeader, spec: ModelSpec) -> np.nd
     if intensity.kind == "mr_zscore":
         body = values > 0.1 * np.percentile(values, 99)
         inside = values[body] if body.sum() >= 64 else values.ravel()
-        z = (values - inside.mean()) / (inside.std() or 1.0)
-        return np.clip(z, -intensity.clip, intensity.clip)[None].astype(np.float32)
+        z = np.clip((values - inside.mean()) / (inside.std() or 1.0), -intensity.clip,
+                    intensity.clip)
+        if intensity.weighting:
+            return np.stack([z, np.full_like(z, WEIGHTING_CODES.get(header.mr_weighting, 0.0))
+                             ]).astype(np.float32)
+        return z[None].astype(np.float32)
     suv = values * suv_factor(header)
     return np.clip(suv / intensity.scale, 0, intensity.clip)[None].astype(np.float32)
 

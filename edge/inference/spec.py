@@ -22,7 +22,10 @@ class Intensity:
     """How physical values become network input channels.
 
     ct_windows: one channel per (low, high) HU window, clipped and scaled to 0-1.
-    mr_zscore:  one channel, z-scored within the body mask, clipped to +-clip.
+    mr_zscore:  one channel, z-scored within the body mask, clipped to +-clip; with
+                `weighting`, a second channel, constant over the slice, says what the
+                echo and repetition times weight it by (`WEIGHTING_CODES`): a lesion
+                darker than its organ is typical in T1 and a flow void in T2.
     pet_suv:    one channel, SUVbw divided by `scale`, clipped to 0-clip.
     """
 
@@ -30,10 +33,19 @@ class Intensity:
     windows: tuple[tuple[float, float], ...] = ()
     clip: float = 5.0
     scale: float = 1.0
+    weighting: bool = False
+
+    @property
+    def image_channels(self) -> int:
+        """Channels that carry pixel values (augmentation jitters these, and only these)."""
+        return len(self.windows) if self.kind == "ct_windows" else 1
 
     @property
     def channels(self) -> int:
-        return len(self.windows) if self.kind == "ct_windows" else 1
+        return self.image_channels + self.weighting
+
+
+WEIGHTING_CODES = {"T1": -1.0, "T2": 1.0}   # SliceHeader.mr_weighting -> channel value; else 0
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,8 @@ class ModelSpec:
             spec = cls(intensity=Intensity(
                 kind=intensity["kind"],
                 windows=tuple(tuple(w) for w in intensity.get("windows", ())),
-                clip=intensity.get("clip", 5.0), scale=intensity.get("scale", 1.0)),
+                clip=intensity.get("clip", 5.0), scale=intensity.get("scale", 1.0),
+                weighting=intensity.get("weighting", False)),
                 thresholds=Thresholds(**thresholds),
                 classes=tuple(data.pop("classes", ("background", "tumour"))), **data)
         except (ValueError, KeyError, TypeError) as error:
@@ -92,6 +105,9 @@ class ModelSpec:
                             f"{INTENSITY_KINDS}")
         if self.intensity.kind == "ct_windows" and not self.intensity.windows:
             problems.append("intensity.windows is empty: ct_windows needs at least one")
+        if self.intensity.weighting and self.intensity.kind != "mr_zscore":
+            problems.append(f"intensity.weighting with {self.intensity.kind!r}: only "
+                            "mr_zscore has a weighting channel")
         if not 16 <= self.size <= 2048 or not 0 < self.spacing_mm <= 20:
             problems.append(f"size {self.size} / spacing_mm {self.spacing_mm}: expected "
                             "16-2048 pixels and 0-20 mm")

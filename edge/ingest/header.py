@@ -100,6 +100,7 @@ def parse_headers(ds: Dataset, path: str) -> list[SliceHeader]:
                                         default=None),
             rescale=rescale,
             units=units,
+            mr_weighting=_mr_weighting(g) if modality == "MR" else "",
             **common,
         ))
     return headers
@@ -169,6 +170,27 @@ def _rescale(g, modality: str) -> tuple[Rescale, str]:
     else:
         units = g.text("RescaleType", via=via, default="stored") or "stored"
     return Rescale(slope, intercept), units
+
+
+def _mr_weighting(g) -> str:
+    """T1, T2 or "" from the echo and repetition times, as a radiologist reads them: a long
+    echo (TE >= 60 ms) weights by T2, FLAIR and diffusion included; a short echo
+    (TE <= 30 ms) after a short repetition (TR <= 1000 ms) by T1, spin echo and gradient
+    echo alike; a short echo after a long repetition is proton density, and missing times
+    say nothing. Enhanced MR keeps them in the frame's MREchoSequence and
+    MRTimingAndRelatedParametersSequence."""
+    echo = g.number("EchoTime", default=None)
+    if echo is None:
+        echo = g.number("EffectiveEchoTime", via="MREchoSequence", default=None)
+    repetition = g.number("RepetitionTime", via="MRTimingAndRelatedParametersSequence",
+                          default=None)
+    if echo is None:
+        return ""
+    if echo >= 60:
+        return "T2"
+    if echo <= 30 and repetition is not None and repetition <= 1000:
+        return "T1"
+    return ""
 
 
 def _pet_tags(f: _Fields) -> PetTags:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
 
-from edge.errors import DicomError
+from edge.errors import DicomError, ModelError
 from edge.inference.preprocess import normalise, preprocess, resample, slice_grid, suv_factor
 from edge.inference.spec import Intensity, ModelSpec
 from edge.values import PetTags, Slice
@@ -72,6 +73,31 @@ def test_mr_is_z_scored_inside_the_body_mask():
     inside = out[0, 10:30, 10:30]
     assert inside.mean() == pytest.approx(0, abs=1e-4)
     assert inside.std() == pytest.approx(1, abs=1e-3)
+
+
+def test_mr_weighting_channel_says_t1_or_t2_over_the_whole_slice_and_0_when_unknown():
+    values = np.zeros((40, 40))
+    values[10:30, 10:30] = np.random.default_rng(0).normal(500, 50, (20, 20))
+    plain = ModelSpec("MR", 40, 1.0, Intensity("mr_zscore"))
+    weighted = replace(plain, intensity=Intensity("mr_zscore", weighting=True))
+    assert (plain.channels, weighted.channels) == (1, 2)
+    for weighting, code in (("T1", -1.0), ("T2", 1.0), ("", 0.0)):
+        mr = replace(header(), modality="MR", mr_weighting=weighting)
+        out = normalise(values, mr, weighted)
+        assert out.shape == (2, 40, 40) and out.dtype == np.float32
+        np.testing.assert_array_equal(out[0], normalise(values, mr, plain)[0])
+        assert np.all(out[1] == code)
+
+
+def test_a_weighting_channel_is_only_for_mr_and_survives_the_spec_json():
+    weighted = ModelSpec("MR", 40, 1.0, Intensity("mr_zscore", weighting=True))
+    assert ModelSpec.from_json(weighted.to_json()) == weighted
+    old = json.loads(weighted.to_json())
+    del old["intensity"]["weighting"]                     # a model from before the channel
+    assert not ModelSpec.from_json(json.dumps(old)).intensity.weighting
+    ct = replace(CT_SPEC, intensity=replace(CT_SPEC.intensity, weighting=True))
+    with pytest.raises(ModelError, match="intensity.weighting with 'ct_windows'"):
+        ModelSpec.from_json(ct.to_json(), "ct.onnx")
 
 
 def pet_header(correction="START", **changes):

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import RLELossless
+from pydicom.dataset import Dataset
+from pydicom.uid import EnhancedMRImageStorage, RLELossless
 
 from edge.errors import DicomError, IncompleteDicomError
 from edge.ingest.reader import ReadLimits, parse_file, read_file
@@ -95,6 +96,53 @@ def test_enhanced_multiframe_is_split_into_frames_with_their_own_geometry(tmp_pa
     assert {p.header.instance_key for p in planes} == {
         f"{planes[0].header.sop_instance_uid}#{i}" for i in (1, 2, 3)}
     assert planes[2].pixels()[0, 0] == pytest.approx(2 * 100.0 - 1024.0)
+
+
+@pytest.mark.parametrize("echo_ms,repetition_ms,weighting", [
+    ("15", "500", "T1"),          # spin-echo T1
+    ("2.1", "4.5", "T1"),         # gradient-echo T1 (VIBE, LAVA)
+    ("90", "4000", "T2"),         # fast spin-echo T2
+    ("120", "9000", "T2"),        # FLAIR
+    ("20", "3000", ""),           # proton density
+    ("15", None, ""),             # a short echo alone says nothing
+    (None, None, "")])
+def test_mr_weighting_is_read_from_the_echo_and_repetition_times(
+        tmp_path, echo_ms, repetition_ms, weighting):
+    path = tiny_series(1, "MR").write(tmp_path)[0]
+    ds = dcmread(path)
+    for keyword, value in (("EchoTime", echo_ms), ("RepetitionTime", repetition_ms)):
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+    (plane,) = read_file(str(path))
+    assert plane.header.mr_weighting == weighting
+
+
+def test_a_genuine_mr_file_is_t2_weighted_and_other_modalities_have_no_weighting(tmp_path):
+    (plane,) = read_file(str(PYDICOM_DATA / "test_files" / "MR_small.dcm"))   # TE 240, TR 4000
+    assert plane.header.mr_weighting == "T2"
+    (ct,) = read_file(str(tiny_series(1, "CT").write(tmp_path)[0]))
+    assert ct.header.mr_weighting == ""
+
+
+def test_enhanced_mr_frames_take_their_weighting_from_their_own_echo(tmp_path):
+    """A dual-echo enhanced MR: the echo time of each frame in its MREchoSequence, the
+    repetition time in the shared MRTimingAndRelatedParametersSequence."""
+    path = enhanced_ct(tmp_path / "enhanced.dcm", frames=2)
+    ds = dcmread(path)
+    ds.Modality, ds.SOPClassUID = "MR", EnhancedMRImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    timing = Dataset()
+    timing.RepetitionTime = 600
+    ds.SharedFunctionalGroupsSequence[0].MRTimingAndRelatedParametersSequence = [timing]
+    for frame, echo_ms in zip(ds.PerFrameFunctionalGroupsSequence, (12.0, 80.0), strict=True):
+        echo = Dataset()
+        echo.EffectiveEchoTime = echo_ms
+        frame.MREchoSequence = [echo]
+    ds.save_as(path)
+    assert [p.header.mr_weighting for p in read_file(str(path))] == ["T1", "T2"]
 
 
 def test_multiframe_without_per_frame_geometry_is_rejected_with_the_reason():

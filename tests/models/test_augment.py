@@ -44,3 +44,13 @@ def test_augmentation_is_reproducible_from_the_seed():
     a = augment(images, masks, AugmentConfig(), torch.Generator().manual_seed(7))
     b = augment(images, masks, AugmentConfig(), torch.Generator().manual_seed(7))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_a_weighting_channel_keeps_its_code_through_warp_and_jitter():
+    images, masks = blob_batch()
+    code = torch.tensor([-1.0, 0.0, 1.0, 1.0, -1.0, 0.0, 1.0, -1.0])[:, None, None, None]
+    with_code = torch.cat([images, code.expand_as(images)], dim=1)
+    generator = torch.Generator().manual_seed(0)
+    out, _ = augment(with_code, masks, AugmentConfig(), generator, image_channels=1)
+    assert torch.allclose(out[:, 1:], code.expand_as(images), atol=1e-6)
+    assert not torch.allclose(out[:, :1], images)                  # the image was jittered

@@ -54,6 +54,23 @@ def test_decathlon_without_a_tumour_label_name_asks_for_them(tmp_path):
     assert find_cases([root], "CT", tumour_labels=[2])[0].tumour_labels == (2,)
 
 
+@pytest.mark.parametrize("channels,channel,weighting", [
+    ({"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}, 0, "T2"),     # BrainTumour
+    ({"0": "T2", "1": "ADC"}, 0, "T2"),                                # Prostate
+    ({"0": "ADC", "1": "T1"}, 0, ""),
+    ({"0": "CT", "1": "t1gd"}, 1, "T1")])
+def test_decathlon_mr_channels_are_found_by_their_sequence_names(
+        tmp_path, channels, channel, weighting):
+    root = decathlon(tmp_path, n=1)
+    info = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps(info | {"modality": channels}))
+    (case,) = find_cases([root], "MR")
+    assert (case.channel, case.mr_weighting) == (channel, weighting)
+    if channel == 0:
+        planes, _ = case.slices()
+        assert {p.header.mr_weighting for p in planes} == {weighting}
+
+
 def test_nifti_tumour_lands_where_its_ras_position_says_in_lps(tmp_path):
     (case, _) = find_cases([decathlon(tmp_path)], "CT")
     planes, masks = case.slices()

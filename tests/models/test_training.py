@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from edge.errors import ModelError
+from edge.inference.spec import Intensity, ModelSpec
 from models.checkpoint import load_checkpoint
 from models.data import DicomCase, prepare
 from models.network import TINY, DetectionNet, NetworkConfig
 from models.train import (
+    STEM_WEIGHTS,
     TrainConfig,
     detection_loss,
     lesion_weights,
@@ -70,6 +72,16 @@ def test_transfer_from_a_two_channel_ct_model_averages_its_stem_for_one_channel(
     transfer_encoder(pet, ct)
     stem = "encoder.stem.conv1.weight"
     assert torch.allclose(pet.state_dict()[stem], ct.state_dict()[stem].mean(dim=1, keepdim=True))
+
+
+def test_transfer_into_a_model_with_a_weighting_channel_starts_that_channel_at_zero():
+    plain = DetectionNet(NetworkConfig(in_channels=1, base_channels=4, depth=2, max_channels=16))
+    weighted = DetectionNet(NetworkConfig(in_channels=2, base_channels=4, depth=2,
+                                          max_channels=16))
+    transfer_encoder(weighted, plain, image_channels=1)
+    for stem in STEM_WEIGHTS:
+        assert torch.equal(weighted.state_dict()[stem][:, :1], plain.state_dict()[stem])
+        assert torch.all(weighted.state_dict()[stem][:, 1] == 0)
 
 
 def test_small_lesions_are_weighed_as_if_they_had_the_balancing_area():
@@ -174,6 +186,34 @@ def test_fine_tuning_refuses_a_model_of_another_modality(pet_cases, tmp_path):
     with pytest.raises(ModelError, match="a PT model; fine-tuning for CT needs a CT one"):
         train(tiny_config(pet_cases, tmp_path / "target", modality="CT",
                           init_weights=tmp_path / "source" / "model.pt"))
+
+
+def test_fine_tuning_can_add_the_mr_weighting_channel_starting_it_at_zero(tmp_path):
+    """--mr-weighting on an MR model without the channel: the input grows a channel whose
+    stem weights start at zero, every other weight as it was, so the fine-tune starts
+    from what the model computed; the channel carries each series' weighting."""
+    from models.synthetic.series import synthesize
+
+    cases = synthesize("MR", 2, seed=4, out=tmp_path / "mr")
+    tiny_mr = ModelSpec("MR", 32, 12.0, Intensity("mr_zscore"), name="tiny-mr")
+    settings = dict(modality="MR", spec=tiny_mr, val_fraction=0.5)
+    train(tiny_config(cases, tmp_path / "plain", epochs=1, **settings))
+    train(tiny_config(cases, tmp_path / "weighted", epochs=1, learning_rate=0.0,
+                      mr_weighting=True, init_weights=tmp_path / "plain" / "model.pt",
+                      **settings))
+    plain = load_checkpoint(tmp_path / "plain" / "model.pt")
+    weighted = load_checkpoint(tmp_path / "weighted" / "last.pt")
+    assert weighted.spec.intensity.weighting and weighted.network.in_channels == 2
+    for key, value in plain.state.items():
+        if key in STEM_WEIGHTS:
+            assert torch.equal(weighted.state[key][:, :1], value)
+            assert torch.all(weighted.state[key][:, 1:] == 0)
+        elif "running" not in key and "num_batches" not in key:
+            assert torch.equal(weighted.state[key], value), key
+    for case in cases:
+        truth = json.loads((case / "truth.json").read_text())["generator"]["weighting"]
+        code = prepare(DicomCase(case), weighted.spec).images[:, 1]
+        assert np.all(code == {"T1": -1.0, "T2": 1.0}[truth]), case
 
 
 @pytest.mark.slow
