@@ -124,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--freeze-encoder-epochs", type=int, default=0)
     train.add_argument("--tumour-labels", type=int, nargs="+",
                        help="Decathlon label values that are tumour (default: by name)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUT/last.pt with the network and input it began "
+                            "with (a fresh run while there is none)")
     train.add_argument("--balance-lesions-mm2", type=float, default=0.0, metavar="AREA",
                        help="weigh each lesion on a slice smaller than AREA mm2 in the "
                             "cross-entropy as if it had that area (at most 25x; default 0: "

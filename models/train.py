@@ -79,13 +79,19 @@ def train(config: TrainConfig) -> Path | None:
     torch.manual_seed(config.seed + rank)
     generator = torch.Generator().manual_seed(config.seed + rank)
     rng = np.random.default_rng(config.seed + rank)
+    last = config.out / "last.pt"
+    resumed = load_checkpoint(last, str(device)) if config.resume and last.exists() else None
     spec = config.spec or DEFAULT_SPECS[config.modality]
     if config.mr_weighting:
         spec = replace(spec, intensity=replace(spec.intensity, weighting=True))
         spec.validate(f"{config.modality} training")
-    start_from = None
-    if config.init_weights and not config.resume:
+    start_from, fine_tuned_from = None, None
+    if resumed is not None:         # goes on with the input and network it began with
+        spec = resumed.spec
+        fine_tuned_from = spec.training_data.get("fine_tuned_from")
+    elif config.init_weights:
         start_from = load_checkpoint(config.init_weights)
+        fine_tuned_from = str(config.init_weights)
         if start_from.spec.modality != config.modality:
             raise ModelError(f"{config.init_weights}: a {start_from.spec.modality} model; "
                              f"fine-tuning for {config.modality} needs a {config.modality} one")
@@ -98,12 +104,13 @@ def train(config: TrainConfig) -> Path | None:
     spec = replace(spec, training_data={
         "digest": digest(cases), "cases": len(cases), "validation_cases": len(val_cases),
         "sources": [str(p) for p in config.data], "seed": config.seed,
-        **({"fine_tuned_from": str(config.init_weights)} if start_from else {})})
+        **({"fine_tuned_from": fine_tuned_from} if fine_tuned_from else {})})
     workers = config.workers if rank == 0 else 1
     train_data = load_all(train_cases, spec, workers)
     val_data = load_all(val_cases, spec, workers) if rank == 0 else []
-    network = replace(start_from.network if start_from else config.network,
-                      in_channels=spec.channels)
+    network = (resumed.network if resumed else
+               replace(start_from.network if start_from else config.network,
+                       in_channels=spec.channels))
     net = DetectionNet(network).to(device)
     if start_from is not None:
         net.load_state_dict({name: fit_stem(tensor, spec.channels, spec.intensity.image_channels)
@@ -111,16 +118,15 @@ def train(config: TrainConfig) -> Path | None:
                              for name, tensor in start_from.state.items()})
         _say(rank, f"every weight initialised from {config.init_weights} "
                    f"(epoch {start_from.epoch} of its training)")
-    if config.init_encoder and not config.resume:
+    if config.init_encoder and resumed is None:
         copied = transfer_encoder(net, load_checkpoint(config.init_encoder).build(),
                                   spec.intensity.image_channels)
         _say(rank, f"encoder initialised from {config.init_encoder}: {len(copied)} tensors")
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     start, history, best = 0, [], -1.0
-    last = config.out / "last.pt"
-    if config.resume and last.exists():
-        start, history, best = _resume(last, net, optimizer, generator, rng, device)
+    if resumed is not None:
+        start, history, best = _resume(resumed, net, optimizer, generator, rng)
         _say(rank, f"resumed from {last} after epoch {start}")
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     sampler = Sampler(train_data, config.crop or DEFAULT_CROP[config.modality],
@@ -297,8 +303,7 @@ def _learning_rate(config: TrainConfig, step: int, total: int) -> float:
     return config.learning_rate * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _resume(path, net, optimizer, generator, rng, device):
-    checkpoint = load_checkpoint(path, str(device))
+def _resume(checkpoint: Checkpoint, net, optimizer, generator, rng):
     net.load_state_dict(checkpoint.state)
     optimizer.load_state_dict(checkpoint.optimizer)
     generator.set_state(checkpoint.random_state["torch"])

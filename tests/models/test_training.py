@@ -181,6 +181,18 @@ def test_fine_tuning_starts_from_every_weight_and_the_network_size_of_the_checkp
     assert len(target.history) == 1                # a fresh run, not the source's epochs
 
 
+def test_a_resumed_fine_tune_goes_on_with_its_own_network_and_source(pet_cases, tmp_path):
+    wider = NetworkConfig(base_channels=6, depth=2, max_channels=16)
+    train(tiny_config(pet_cases, tmp_path / "source", epochs=1, network=wider))
+    source = tmp_path / "source" / "model.pt"
+    for epochs in (1, 2):      # --resume before there is a last.pt: a fresh fine-tune
+        train(tiny_config(pet_cases, tmp_path / "target", epochs=epochs, resume=True,
+                          init_weights=source))
+    target = load_checkpoint(tmp_path / "target" / "last.pt")
+    assert target.network == wider and [h["epoch"] for h in target.history] == [1, 2]
+    assert target.spec.training_data["fine_tuned_from"] == str(source)
+
+
 def test_fine_tuning_refuses_a_model_of_another_modality(pet_cases, tmp_path):
     train(tiny_config(pet_cases, tmp_path / "source", epochs=1))
     with pytest.raises(ModelError, match="a PT model; fine-tuning for CT needs a CT one"):
