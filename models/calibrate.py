@@ -25,6 +25,7 @@ from edge.backends.base import Backend
 from edge.inference.postprocess import find_lesions
 from edge.inference.series import SeriesPrediction, predict, slice_spacing_mm
 from edge.inference.spec import LESION_SCORES, ModelSpec
+from edge.values import Finding
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import DicomCase
 from models.evaluate import CaseResult, match, metrics
@@ -43,31 +44,38 @@ def predictions(folders: Sequence[Path], backend: Backend) -> list[tuple[SeriesP
     return out
 
 
-def score(runs: list[tuple[SeriesPrediction, dict]], spec: ModelSpec) -> dict:
-    cases = []
-    for prediction, truth in runs:
-        findings = sorted(find_lesions(prediction.predictions, slice_spacing_mm(prediction),
-                                       spec), key=lambda f: -f.probability)
-        cases.append(CaseResult(truth["series_uid"], truth["modality"], truth["lesions"],
-                                findings, match(truth["lesions"], findings),
-                                "positive" if findings else "negative"))
-    return metrics(cases)
+def score(runs: list[tuple[list[Finding], dict]]) -> dict:
+    """Metrics of each series' findings against its truth."""
+    return metrics([CaseResult(truth["series_uid"], truth["modality"], truth["lesions"],
+                               findings, match(truth["lesions"], findings),
+                               "positive" if findings else "negative")
+                    for findings, truth in runs])
 
 
 def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3) -> list[dict]:
+    """Every point's metrics. The components and their measures depend only on the pixel
+    threshold, a lesion's probability only on how it is scored, so each series' lesions
+    are found once per way of scoring, at the loosest limits, and every detection
+    threshold and minimum volume then keeps those that pass it."""
     rows = []
-    for lesion_score, head, d, v in product(LESION_SCORES, (True, False), detection, volumes):
-        if not head and d < spec.thresholds.lesion_probability:
-            continue        # no lesion pixel is below the pixel threshold: same point
-        thresholds = replace(spec.thresholds, detection_probability=d, min_volume_mm3=v,
-                             lesion_score=lesion_score, slice_head=head)
-        m = score(runs, replace(spec, thresholds=thresholds))
-        rows.append({"lesion_score": lesion_score, "slice_head": head,
-                     "detection_probability": d,
-                     "min_volume_mm3": v, **{k: m[k] for k in (
-                         "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
-                         "false_positives_per_scan", "series_specificity",
-                         "series_sensitivity")}})
+    for lesion_score, head in product(LESION_SCORES, (True, False)):
+        loosest = replace(spec.thresholds, detection_probability=0.0,
+                          min_volume_mm3=min(volumes), lesion_score=lesion_score,
+                          slice_head=head)
+        candidates = [(find_lesions(prediction.predictions, slice_spacing_mm(prediction),
+                                    replace(spec, thresholds=loosest)), truth)
+                      for prediction, truth in runs]
+        for d, v in product(detection, volumes):
+            if not head and d < spec.thresholds.lesion_probability:
+                continue    # no lesion pixel is below the pixel threshold: same point
+            m = score([([f for f in found if f.probability >= d and f.volume_mm3 >= v], truth)
+                       for found, truth in candidates])
+            rows.append({"lesion_score": lesion_score, "slice_head": head,
+                         "detection_probability": d,
+                         "min_volume_mm3": v, **{k: m[k] for k in (
+                             "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
+                             "false_positives_per_scan", "series_specificity",
+                             "series_sensitivity")}})
     return rows
 
 
