@@ -93,7 +93,7 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
     intensity = spec.intensity
     windows = f", windows {list(intensity.windows)}" if intensity.windows else ""
     if intensity.weighting:
-        windows += ("; a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
+        windows += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
                     "and repetition times")
     return f"""# scanside {modality} model
 
