@@ -91,9 +91,9 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
                   "epochs and curves below are the fine-tuning's." if "fine_tuned_from" in data
                   else "")
     intensity = spec.intensity
-    windows = f", windows {list(intensity.windows)}" if intensity.windows else ""
+    details = f", windows {list(intensity.windows)}" if intensity.windows else ""
     if intensity.weighting:
-        windows += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
+        details += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
                     "and repetition times")
     return f"""# scanside {modality} model
 
@@ -107,7 +107,7 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
   at most {network.max_channels} channels; {count_parameters(checkpoint.build()):,} parameters;
   {gflops_per_slice(network, spec.size):.2f} GFLOP per network input.
 - Input: {spec.channels} x {spec.size} x {spec.size}, each slice resampled to {spec.spacing_mm} mm
-  pixels; intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{windows}).
+  pixels; intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{details}).
 - Thresholds, chosen by `scanside calibrate` on a calibration set used for nothing else:
   a lesion is reported when {scoring} reaches
   {thresholds.detection_probability}

@@ -176,8 +176,8 @@ def _decathlon(root: Path, modality: str, tumour_labels) -> list[NiftiCase]:
         raise ModelError(f"{root}/dataset.json: no label names a tumour in "
                          f"{info.get('labels')}; name them with --tumour-labels")
     name = modalities[channel]
-    weighting = ("T2" if name.startswith(("T2", "FLAIR")) else
-                 "T1" if name.startswith("T1") else "") if modality == "MR" else ""
+    weighting = ("T2" if name.startswith(("T2", "FLAIR")) else      # CT and PET names are
+                 "T1" if name.startswith("T1") else "")              # neither
     return [NiftiCase(root / item["image"], root / item["label"], modality,
                       tuple(tumour_labels), channel, weighting) for item in info["training"]]
 
