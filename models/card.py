@@ -90,6 +90,14 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
     fine_tuned = (f"\n- Fine-tuned: every weight started from `{data['fine_tuned_from']}`; the "
                   "epochs and curves below are the fine-tuning's." if "fine_tuned_from" in data
                   else "")
+    by_weighting = "".join(
+        f"\n- {w}: {g['series']} series, {g['lesions']} lesions; sensitivity "
+        f"{g['lesion_sensitivity']:.3f} ({g['lesion_sensitivity_10mm_or_more']:.3f} >= 10 mm) "
+        f"at {g['false_positives_per_scan']:.2f} false positives per scan; FROC "
+        f"{g['froc']['0.5']:.3f} at 0.5, {g['froc']['2']:.3f} at 2"
+        for w, g in evaluation.get("by_mr_weighting", {}).items())
+    if by_weighting:
+        by_weighting = "\nBy weighting, as each series' tags give it:\n" + by_weighting + "\n"
     intensity = spec.intensity
     details = f", windows {list(intensity.windows)}" if intensity.windows else ""
     if intensity.weighting:
@@ -148,7 +156,7 @@ operating point above is one point of it), lesion sensitivity at a false-positiv
 scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
 Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
 listed in `eval/eval.json` with its size, shape and organ.
-
+{by_weighting}
 ## Conversion parity
 
 {_parity_line(folder / 'onnx-parity.json')}

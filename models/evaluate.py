@@ -7,7 +7,9 @@ most once, so the matches at any probability cut-off are those of the full list 
 there. Reported per modality: lesion sensitivity (all, >= 10 mm) and false positives per
 scan at the model's operating point; the FROC curve, over every candidate lesion whatever
 its probability (the operating point is one point of it); series-level sensitivity,
-specificity and AUC; and pixel Dice on the network grid.
+specificity and AUC; and pixel Dice on the network grid. MR lesion figures are also
+given per weighting (T1, T2 or unknown, as the series' tags say; see SliceHeader), since a
+lesion is darker than its organ in one and brighter in the other.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class CaseResult:
     reason: str | None = None
     candidates: list[Finding] | None = None   # below the detection threshold too (None:
                                               # the findings); the FROC walks down these
+    mr_weighting: str = ""                    # "T1", "T2" or "" (unknown; not MR)
 
     @property
     def score(self) -> float:
@@ -104,7 +107,8 @@ def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
     candidates = find_lesions(prediction.predictions, slice_spacing_mm(prediction), every)
     return CaseResult(folder.name, truth["modality"], truth["lesions"], findings,
                       match(truth["lesions"], findings), result.status,
-                      (intersection, predicted, true), result.reason, candidates)
+                      (intersection, predicted, true), result.reason, candidates,
+                      planes[0].header.mr_weighting)
 
 
 def evaluate(folders: Sequence[Path], backend: Backend) -> list[CaseResult]:
@@ -132,32 +136,43 @@ def sensitivity_at(points: Sequence[dict], fp_per_scan: float) -> float:
     return max((p["sensitivity"] for p in points if p["fp_per_scan"] <= fp_per_scan), default=0.0)
 
 
-def metrics(cases: Sequence[CaseResult]) -> dict:
-    """Everything the model card reports, for one modality."""
+def lesion_metrics(cases: Sequence[CaseResult]) -> dict:
+    """Lesion sensitivity (all, >= 10 mm), false positives per scan and the FROC."""
     lesions = [(lesion, any(m == i for m in c.matches)) for c in cases
                for i, lesion in enumerate(c.truth)]
     large = [hit for lesion, hit in lesions if lesion["diameter_mm"] >= 10]
-    false = sum(m is None for c in cases for m in c.matches)
-    positive = np.array([bool(c.truth) for c in cases])
-    called = np.array([c.status == "positive" for c in cases])
-    failed = [c.name for c in cases if c.status == "failed"]
-    inter, pred, true = (sum(c.dice_parts[k] for c in cases) for k in range(3))
     points = froc(cases)
     return {
-        "series": len(cases), "positive_series": int(positive.sum()),
-        "lesions": len(lesions), "lesions_10mm_or_more": len(large),
+        "series": len(cases), "lesions": len(lesions), "lesions_10mm_or_more": len(large),
         "lesion_sensitivity": _ratio(sum(hit for _, hit in lesions), len(lesions)),
         "lesion_sensitivity_10mm_or_more": _ratio(sum(large), len(large)),
-        "false_positives_per_scan": false / max(len(cases), 1),
+        "false_positives_per_scan": sum(m is None for c in cases for m in c.matches)
+        / max(len(cases), 1),
         "froc": {f"{rate:g}": sensitivity_at(points, rate) for rate in FROC_FP_RATES},
+    }
+
+
+def metrics(cases: Sequence[CaseResult]) -> dict:
+    """Everything the model card reports, for one modality."""
+    positive = np.array([bool(c.truth) for c in cases])
+    called = np.array([c.status == "positive" for c in cases])
+    inter, pred, true = (sum(c.dice_parts[k] for c in cases) for k in range(3))
+    figures = {
+        **lesion_metrics(cases), "positive_series": int(positive.sum()),
         "series_sensitivity": _ratio(int((called & positive).sum()), int(positive.sum())),
         "series_specificity": _ratio(int((~called & ~positive).sum()), int((~positive).sum())),
         "series_auc": auc(np.array([c.score for c in cases]), positive),
         "dice": 2 * inter / (pred + true) if pred + true else 1.0,
-        "failed_series": failed,
+        "failed_series": [c.name for c in cases if c.status == "failed"],
         "missed": [{"case": c.name, **lesion} for c in cases for i, lesion in enumerate(c.truth)
                    if not any(m == i for m in c.matches)],
     }
+    if any(c.modality == "MR" for c in cases):
+        weightings = sorted({c.mr_weighting for c in cases})
+        figures["by_mr_weighting"] = {
+            w or "unknown": lesion_metrics([c for c in cases if c.mr_weighting == w])
+            for w in weightings}
+    return figures
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -179,6 +194,16 @@ class Report:
                 f"{m['false_positives_per_scan']:.2f} | {m['froc']['0.5']:.3f} | "
                 f"{m['series_sensitivity']:.3f} | {m['series_specificity']:.3f} | "
                 f"{m['series_auc']:.3f} | {m['dice']:.3f} |")
+        weighted = [(modality, w, g) for modality, m in sorted(self.by_modality.items())
+                    for w, g in m.get("by_mr_weighting", {}).items()]
+        if weighted:
+            rows += ["", "| modality | weighting | series | lesions | sens. all | "
+                     "sens. >=10 mm | FP/scan | sens. @0.5 FP |", "|---" * 8 + "|"]
+            rows += [f"| {modality} | {w} | {g['series']} | {g['lesions']} | "
+                     f"{g['lesion_sensitivity']:.3f} | "
+                     f"{g['lesion_sensitivity_10mm_or_more']:.3f} | "
+                     f"{g['false_positives_per_scan']:.2f} | {g['froc']['0.5']:.3f} |"
+                     for modality, w, g in weighted]
         return "\n".join(rows)
 
 

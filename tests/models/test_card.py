@@ -33,7 +33,14 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     assert f"| {fp:.3f} |" in row and ("met" if fp <= 0.5 else "**missed**") in row
     assert "- onnx-parity.json: not run" in text
     assert "ms median for one network input" in text
-    assert "Fine-tuned" not in text
+    assert "Fine-tuned" not in text and "By weighting" not in text
+
+    evaluation = json.loads((entry / "eval" / "eval.json").read_text())   # as an MR set has
+    evaluation["PT"]["by_mr_weighting"] = {"T1": {**figures, "lesion_sensitivity": 0.25}}
+    (entry / "eval" / "eval.json").write_text(json.dumps(evaluation))
+    text = card(entry, "scanside train --data d --modality PT --out r", heldout_seed=77)
+    assert (f"- T1: {figures['series']} series, {figures['lesions']} lesions; "
+            "sensitivity 0.250") in text
 
     checkpoint = load_checkpoint(entry / "model.pt")    # the same model, as a fine-tuning
     checkpoint.spec = replace(checkpoint.spec, training_data={

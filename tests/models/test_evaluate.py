@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from edge.values import Finding
-from models.evaluate import CaseResult, froc, match, metrics, sensitivity_at
+from models.evaluate import CaseResult, Report, froc, match, metrics, sensitivity_at
 
 
 def lesion(x, diameter=20.0):
@@ -99,3 +99,22 @@ def test_the_froc_goes_on_below_the_operating_point_through_the_candidates():
 def test_a_set_without_negatives_has_no_specificity():
     assert math.isnan(metrics([case("a", [lesion(0)], [finding(0)])])["series_specificity"])
     assert metrics([case("a", [lesion(0)], [finding(0)])])["series_auc"] != pytest.approx(0)
+
+
+def test_mr_lesion_figures_are_also_given_per_weighting():
+    def mr(name, truth, findings, weighting):
+        return replace(case(name, truth, findings), modality="MR", mr_weighting=weighting)
+
+    cases = [mr("t1", [lesion(0), lesion(100)], [finding(0)], "T1"),
+             mr("t2", [lesion(0)], [finding(0), finding(60)], "T2"),
+             mr("pd", [lesion(0)], [], "")]
+    m = metrics(cases)
+    groups = m["by_mr_weighting"]
+    assert sorted(groups) == ["T1", "T2", "unknown"]
+    assert (groups["T1"]["lesions"], groups["T1"]["lesion_sensitivity"]) == (2, 0.5)
+    assert groups["T2"]["false_positives_per_scan"] == 1.0
+    assert groups["unknown"]["lesion_sensitivity"] == 0.0
+    assert m["lesion_sensitivity"] == 0.5 and m["lesions"] == 4      # the whole set
+    table = Report({"MR": m}).table()
+    assert "| MR | T1 | 1 | 2 | 0.500 |" in table and "| MR | unknown |" in table
+    assert "by_mr_weighting" not in metrics([case("a", [lesion(0)], [finding(0)])])
