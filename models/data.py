@@ -222,13 +222,20 @@ def digest(cases: Sequence) -> str:
     return h.hexdigest()
 
 
-def split_by_patient(cases: Sequence, fraction: float, seed: int) -> tuple[list, list]:
-    """(training, validation): whole cases, never slices of one case on both sides."""
-    order = np.random.default_rng(seed).permutation(len(cases))
-    n_val = max(1, round(fraction * len(cases))) if len(cases) > 1 else 0
-    val = {int(i) for i in order[:n_val]}
-    return ([c for i, c in enumerate(cases) if i not in val],
-            [c for i, c in enumerate(cases) if i in val])
+def split_by_patient(cases: Sequence, fraction: float) -> tuple[list, list]:
+    """(training, validation): whole cases, never slices of one case on both sides.
+
+    A case's side follows from a hash of its name alone, not from the training seed or the
+    other cases: a model fine-tuned on more series, or with another seed, is never
+    validated on a case its starting point was trained on. The validation share is about
+    `fraction`; at least one case when there are two or more."""
+    def draw(case) -> float:
+        return int.from_bytes(hashlib.sha256(case.name.encode()).digest()[:8], "big") / 2**64
+
+    val = {c.name for c in cases if draw(c) < fraction}
+    if not val and len(cases) > 1:
+        val = {min(cases, key=draw).name}
+    return [c for c in cases if c.name not in val], [c for c in cases if c.name in val]
 
 
 class Sampler:

@@ -7,7 +7,9 @@ weighs each lesion on a slice smaller than that area as if it had it (`lesion_we
 Transfer learning: `init_encoder` copies another model's encoder (CT into PET, say);
 `init_weights` starts from every weight of a model of the same modality, to fine-tune it
 on more data. Sampling oversamples slices with lesions and crops around them; every
-batch is augmented (`augment.py`). The validation split is by patient. Each epoch ends
+batch is augmented (`augment.py`). The validation split is by patient and depends on
+the case names only, so a fine-tuning never validates on its starting point's training
+cases (`split_by_patient`). Each epoch ends
 with validation, `last.pt` (for --resume) and, when validation Dice improves,
 `model.pt` (the slim inference checkpoint). Runs on CPU or CUDA; under `torchrun` it
 trains data-parallel with DistributedDataParallel (gloo on CPU, NCCL on GPUs).
@@ -100,7 +102,7 @@ def train(config: TrainConfig) -> Path | None:
                                          weighting=start_from.spec.intensity.weighting
                                          or spec.intensity.weighting))  # perhaps widened
     cases = find_cases(config.data, config.modality, config.tumour_labels)
-    train_cases, val_cases = split_by_patient(cases, config.val_fraction, config.seed)
+    train_cases, val_cases = split_by_patient(cases, config.val_fraction)
     spec = replace(spec, training_data={
         "digest": digest(cases), "cases": len(cases), "validation_cases": len(val_cases),
         "sources": [str(p) for p in config.data], "seed": config.seed,

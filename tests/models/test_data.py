@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import nibabel
 import numpy as np
@@ -99,8 +100,20 @@ def test_dicom_case_with_a_mask_missing_a_plane_is_refused(pet_cases, tmp_path):
         DicomCase(folder).slices()
 
 
-def test_the_split_keeps_whole_patients_apart_and_is_seeded():
-    cases = [f"patient{i}" for i in range(20)]
-    train, val = split_by_patient(cases, 0.2, seed=4)
-    assert len(val) == 4 and not set(train) & set(val)
-    assert split_by_patient(cases, 0.2, seed=4) == (train, val)
+@dataclass(frozen=True)
+class NamedCase:
+    name: str
+
+
+def test_the_split_keeps_whole_patients_apart_whatever_the_seed_or_the_other_cases():
+    cases = [NamedCase(f"MR-1-{i:04d}") for i in range(60)]
+    train, val = split_by_patient(cases, 0.15)
+    assert not {c.name for c in train} & {c.name for c in val}
+    assert len(train) + len(val) == 60 and 4 <= len(val) <= 15
+    # fine-tuning on these and 90 more: none of the first training cases is validated on
+    more = cases + [NamedCase(f"MR-3-{i:04d}") for i in range(90)]
+    train_more, val_more = split_by_patient(more, 0.15)
+    assert {c.name for c in val_more} & {c.name for c in cases} == {c.name for c in val}
+    assert split_by_patient(list(reversed(cases)), 0.15)[1] == list(reversed(val))
+    assert len(split_by_patient(cases[:2], 0.15)[1]) == 1       # a tiny set still validates
+    assert split_by_patient(cases[:1], 0.15) == (cases[:1], [])
