@@ -25,6 +25,9 @@ class AugmentConfig:
     intensity_scale: float = 0.1       # multiplicative jitter, per channel
     intensity_shift: float = 0.08      # additive jitter, per channel
     noise_std: tuple[float, float] = (0.0, 0.05)
+    # fraction of samples whose descriptive channels (an MR weighting code) are set to 0,
+    # "unknown", as a series without the tags that tell T1 from T2 would give
+    unknown_code: float = 0.1
 
 
 def random_affines(n: int, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -76,6 +79,11 @@ def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig,
             generator: torch.Generator,
             image_channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: (N, C, H, W) images and (N, 1, H, W) float masks. Intensity
-    jitter touches only the first `image_channels` channels (all by default)."""
+    jitter touches only the first `image_channels` channels (all by default); the others
+    keep their code, or in a fraction `unknown_code` of the samples become 0."""
     images, masks = warp(images, masks, random_affines(len(images), config, generator))
-    return jitter_intensity(images, config, generator, image_channels), masks
+    images = jitter_intensity(images, config, generator, image_channels)
+    if image_channels is not None and image_channels < images.shape[1]:
+        forget = torch.rand(len(images), generator=generator) < config.unknown_code
+        images[forget, image_channels:] = 0.0
+    return images, masks

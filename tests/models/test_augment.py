@@ -51,6 +51,20 @@ def test_a_weighting_channel_keeps_its_code_through_warp_and_jitter():
     code = torch.tensor([-1.0, 0.0, 1.0, 1.0, -1.0, 0.0, 1.0, -1.0])[:, None, None, None]
     with_code = torch.cat([images, code.expand_as(images)], dim=1)
     generator = torch.Generator().manual_seed(0)
-    out, _ = augment(with_code, masks, AugmentConfig(), generator, image_channels=1)
+    out, _ = augment(with_code, masks, AugmentConfig(unknown_code=0.0), generator,
+                     image_channels=1)
     assert torch.allclose(out[:, 1:], code.expand_as(images), atol=1e-6)
     assert not torch.allclose(out[:, :1], images)                  # the image was jittered
+
+
+def test_some_samples_lose_their_weighting_code_as_a_series_without_tags_would():
+    images, masks = blob_batch()
+    code = torch.tensor([-1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0])[:, None, None, None]
+    with_code = torch.cat([images, code.expand_as(images)], dim=1)
+    out, _ = augment(with_code, masks, AugmentConfig(unknown_code=0.5),
+                     torch.Generator().manual_seed(3), image_channels=1)
+    per_sample = out[:, 1].flatten(1)
+    forgotten = (per_sample == 0).all(dim=1)
+    kept = torch.isclose(per_sample, code.flatten()[:, None].expand_as(per_sample)).all(dim=1)
+    assert (forgotten | kept).all()                     # each sample whole: code or 0
+    assert 0 < int(forgotten.sum()) < len(images)
