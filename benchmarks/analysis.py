@@ -26,7 +26,7 @@ def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch"), n_slices: int = 60,
         threads: int = 2) -> dict:
     from edge.backends.select import choose, open_backend, probe
     from edge.inference.postprocess import lesions_on_slice
-    from edge.inference.preprocess import preprocess
+    from edge.inference.preprocess import image_u8, preprocess
     from edge.ingest.reader import read_file
     from edge.values import SlicePrediction
     from export.onnx_export import metadata
@@ -63,7 +63,8 @@ def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch"), n_slices: int = 60,
                 t3 = time.perf_counter()
                 prediction = SlicePrediction(plane.header.instance_key,
                                              (lesion[0, 0] * 255).astype("uint8"),
-                                             float(tumour[0, 0]), grid)
+                                             float(tumour[0, 0]), grid,
+                                             image_u8(image, backend.spec.intensity))
                 lesions_on_slice(prediction, backend.spec)
                 t4 = time.perf_counter()
                 if i < 5:

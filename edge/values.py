@@ -125,13 +125,17 @@ class SlicePrediction:
     """What the network said about one slice, kept until the series' 3D analysis.
 
     The lesion probability map is stored as uint8 (probability x 255) on the network
-    grid: a quarter of float32, so a 1,000-slice series stays within tens of MB.
+    grid: a quarter of float32, so a 1,000-slice series stays within tens of MB; so is the
+    network input's first channel, which the lesion classifier measures.
     """
 
     instance_key: str
     lesion_u8: np.ndarray               # (size, size) uint8
     tumour_probability: float           # slice-level head
     grid: object                        # edge.inference.preprocess.SliceGrid
+    image_u8: np.ndarray | None = None  # (size, size) uint8: the input's first channel over
+                                        # its range (edge.inference.preprocess.image_u8),
+                                        # for the lesion classifier's image measures
 
     @property
     def lesion_probability(self) -> np.ndarray:
@@ -145,8 +149,9 @@ class Finding:
     center_mm: Vector3
     diameter_mm: float                  # of the sphere with the same volume
     volume_mm3: float
-    probability: float                  # peak or mean pixel probability (the model says
-                                        # which), capped by the slice head if it says so
+    probability: float                  # peak or mean pixel probability, capped by the
+                                        # slice head, or the lesion classifier's (the
+                                        # model's thresholds say which)
     slices: tuple[int, int]             # first and last slice, 0-based, anatomical order
     key_slice: int                      # the slice where it is largest
     outline: tuple[tuple[float, float], ...] = ()   # (row, column) on the key slice

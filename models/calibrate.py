@@ -3,7 +3,16 @@
 The network's probability maps are computed once per series; lesions are then extracted
 again for every candidate detection threshold (on a lesion's probability), minimum volume
 and way of scoring a lesion (its pixels' peak or mean, each alone or capped by the slice
-head), and scored as `scanside eval` scores them. The chosen point is the one with the
+head, or a lesion classifier), and scored as `scanside eval` scores them.
+
+The lesion classifier is a logistic regression over each candidate's measures (pixel
+probabilities, size, slice head, and the contrast of the network input against a ring
+around it: `LESION_FEATURES`), fitted here on the calibration set's candidates, a
+candidate being positive when it hits a true lesion. The network's pixel maps saturate,
+so true lesions and false spots alike peak at 1.0; what they look like in the image
+around them still tells them apart. The threshold on its probability is chosen on the
+same candidates it was fitted on, so its figures here are a little optimistic: the
+held-out set says how well it does. The chosen point is the one with the
 best lesion sensitivity (>= 10 mm first, then all) among those within the false-positive
 and specificity limits; if none is, the most sensitive one with at most one false
 positive per scan (a usual CAD operating point); if none is, the one with the fewest false
@@ -15,16 +24,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from itertools import product
 from pathlib import Path
 
+import numpy as np
+from scipy import optimize
 from tqdm import tqdm
 
 from edge.backends.base import Backend
-from edge.inference.postprocess import find_lesions
+from edge.inference.postprocess import candidate_lesions, find_lesions
 from edge.inference.series import SeriesPrediction, predict, slice_spacing_mm
-from edge.inference.spec import LESION_SCORES, ModelSpec
+from edge.inference.spec import LESION_FEATURES, LESION_SCORES, LesionClassifier, ModelSpec
 from edge.values import Finding
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import DicomCase
@@ -35,6 +46,7 @@ from models.evaluate import CaseResult, match, metrics
 DETECTION = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995,
              0.997, 0.998, 0.999, 0.9995, 0.9998, 0.9999)
 VOLUME_MM3 = (5.0, 15.0, 30.0, 60.0, 120.0)
+L2 = 1.0            # the classifier's ridge penalty, on standardised measures
 
 
 def predictions(folders: Sequence[Path], backend: Backend) -> list[tuple[SeriesPrediction, dict]]:
@@ -61,6 +73,8 @@ def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3) -> lis
     threshold and minimum volume then keeps those that pass it."""
     rows = []
     for lesion_score, head in product(LESION_SCORES, (True, False)):
+        if lesion_score == "classifier" and (head or spec.lesion_classifier is None):
+            continue    # the slice head is one of the classifier's measures
         loosest = replace(spec.thresholds, detection_probability=0.0,
                           min_volume_mm3=min(volumes), lesion_score=lesion_score,
                           slice_head=head)
@@ -68,7 +82,8 @@ def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3) -> lis
                                     replace(spec, thresholds=loosest)), truth)
                       for prediction, truth in runs]
         for d, v in product(detection, volumes):
-            if not head and d < spec.thresholds.lesion_probability:
+            if lesion_score != "classifier" and not head \
+                    and d < spec.thresholds.lesion_probability:
                 continue    # no lesion pixel is below the pixel threshold: same point
             m = score([([f for f in found if f.probability >= d and f.volume_mm3 >= v], truth)
                        for found, truth in candidates])
@@ -79,6 +94,38 @@ def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3) -> lis
                              "false_positives_per_scan", "series_specificity",
                              "series_sensitivity")}})
     return rows
+
+
+def fit_classifier(runs, spec: ModelSpec, l2: float = L2) -> LesionClassifier | None:
+    """Logistic regression from every calibration candidate's measures to whether it hits
+    a true lesion (ridge-penalised, on standardised measures); None when the candidates
+    are not both true and false, so there is nothing to tell apart."""
+    loosest = replace(spec, thresholds=replace(spec.thresholds, detection_probability=0.0,
+                                               lesion_score="peak", slice_head=False))
+    measures, hits = [], []
+    for prediction, truth in runs:
+        found = candidate_lesions(prediction.predictions, slice_spacing_mm(prediction), loosest)
+        found.sort(key=lambda pair: -pair[0].probability)
+        matches = match(truth["lesions"], [finding for finding, _ in found])
+        measures += [[m[name] for name in LESION_FEATURES] for _, m in found]
+        hits += [hit is not None for hit in matches]
+    x, y = np.array(measures, float).reshape(-1, len(LESION_FEATURES)), np.array(hits, float)
+    if not 0 < y.sum() < len(y):
+        return None
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-6] = 1.0
+    z = (x - mean) / scale
+
+    def loss(w):
+        s = z @ w[1:] + w[0]
+        gradient = 1 / (1 + np.exp(-s)) - y
+        return (np.logaddexp(0, s) - y * s).sum() + l2 * (w[1:] ** 2).sum() / 2, \
+            np.r_[gradient.sum(), z.T @ gradient + l2 * w[1:]]
+
+    w = optimize.minimize(loss, np.zeros(z.shape[1] + 1), jac=True, method="L-BFGS-B").x
+    return LesionClassifier(features=LESION_FEATURES, mean=tuple(map(float, mean)),
+                            scale=tuple(map(float, scale)), weights=tuple(map(float, w[1:])),
+                            bias=float(w[0]))
 
 
 def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
@@ -111,9 +158,12 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
     """Sweep, choose, and write `out`: the checkpoint with the chosen thresholds, plus
     `<out>.calibration.json` with every point tried."""
     runs = predictions(folders, backend)
-    rows = sweep(runs, backend.spec)
+    classifier = fit_classifier(runs, backend.spec)
+    rows = sweep(runs, replace(backend.spec, lesion_classifier=classifier))
     best = choose(rows, max_fp, min_specificity)
     loaded = load_checkpoint(checkpoint)
+    if best["lesion_score"] == "classifier":
+        loaded.spec = replace(loaded.spec, lesion_classifier=classifier)
     thresholds = replace(loaded.spec.thresholds,
                          detection_probability=best["detection_probability"],
                          min_volume_mm3=best["min_volume_mm3"],
@@ -123,6 +173,7 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
             "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),
             "max_fp_per_scan": max_fp, "min_specificity": min_specificity, "chosen": best}})
     save_checkpoint(out, loaded, slim=True)
-    report = {"chosen": best, "points": rows}
+    report = {"chosen": best, "lesion_classifier": classifier and asdict(classifier),
+              "points": rows}
     out.with_name(out.name + ".calibration.json").write_text(json.dumps(report, indent=2))
     return report

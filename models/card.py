@@ -83,10 +83,16 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
         for k in LABELS)
     missed = evaluation["missed"]
     thresholds = spec.thresholds
-    pixels = thresholds.lesion_score            # "peak" or "mean"
-    scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
-               "slice head's over its slices)" if thresholds.slice_head else
-               f"its {pixels} pixel probability")
+    pixels = thresholds.lesion_score            # "peak", "mean" or "classifier"
+    if pixels == "classifier":
+        scoring = ("its probability (the lesion classifier's, a logistic regression over "
+                   f"{len(spec.lesion_classifier.features)}\n  measures of the candidate: "
+                   "pixel probabilities, size, slice head and image contrast)")
+    elif thresholds.slice_head:
+        scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
+                   "slice head's over its slices)")
+    else:
+        scoring = f"its {pixels} pixel probability"
     fine_tuned = (f"\n- Fine-tuned: every weight started from `{data['fine_tuned_from']}`; the "
                   "epochs and curves below are the fine-tuning's." if "fine_tuned_from" in data
                   else "")

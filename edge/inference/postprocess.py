@@ -15,6 +15,12 @@ capped by the highest slice-level tumour probability over the slices it spans
 still can, and so can a well-trained slice head: on the held-out PET set the head
 separated true from false findings with an AUC of 0.94 against 0.64 for the peak, and on
 the held-out CT set, whose head is weak, the mean did with 0.88.
+
+Under `lesion_score = "classifier"` a lesion's probability is instead a logistic
+regression (fitted by `scanside calibrate`) over its measures (`LESION_FEATURES`): its
+pixel probabilities, size and slices, the slice head over them, and how much the network
+input inside it stands out from a ring around it, which is why each slice prediction
+keeps its input's first channel.
 """
 
 from __future__ import annotations
@@ -26,41 +32,62 @@ import contourpy
 import numpy as np
 from scipy import ndimage
 
-from edge.inference.spec import ModelSpec
+from edge.inference.spec import LESION_FEATURES, ModelSpec
 from edge.values import Finding, SlicePrediction
 
 MAX_OUTLINE_POINTS = 96
+RING = 3                # pixels around a candidate whose input its contrast is measured against
 
 
 def find_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: float,
                  spec: ModelSpec) -> list[Finding]:
     """Lesions in a series whose slice predictions are in anatomical order, largest
     probability first."""
+    found = [f for f, _ in candidate_lesions(predictions, slice_spacing_mm, spec)
+             if f.probability >= spec.thresholds.detection_probability]
+    return sorted(found, key=lambda f: -f.probability)
+
+
+def candidate_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: float,
+                      spec: ModelSpec) -> list[tuple[Finding, dict[str, float]]]:
+    """Every 3D component above the pixel threshold and the minimum volume, whatever its
+    probability, with its measures (`LESION_FEATURES`)."""
     if not predictions:
         return []
     probabilities = np.stack([p.lesion_probability for p in predictions])
     mask = probabilities >= spec.thresholds.lesion_probability
     if not mask.any():
         return []
+    if spec.thresholds.lesion_score == "classifier" and any(
+            p.image_u8 is None for p in predictions):
+        raise ValueError("the lesion classifier needs each slice's network input (image_u8)")
+    images = (np.stack([p.image_u8 for p in predictions])
+              if all(p.image_u8 is not None for p in predictions) else None)
+    heads = np.array([p.tumour_probability for p in predictions])
     # Components are labelled inside the box around every voxel above the threshold:
     # lesions are small against a series, and labelling costs by the voxel.
     around = tuple(slice(*_extent(mask.any(axis=other)))
                    for other in ((1, 2), (0, 2), (0, 1)))
     labels, count = ndimage.label(mask[around], structure=np.ones((3, 3, 3), bool))
     voxel_mm3 = spec.spacing_mm**2 * slice_spacing_mm
-    thresholds = spec.thresholds
-    findings = []
+    found = []
     for index, inner in enumerate(ndimage.find_objects(labels), start=1):
         component = labels[inner] == index
         box = tuple(slice(a.start + b.start, a.start + b.stop)
                     for a, b in zip(around, inner, strict=True))
         volume = float(component.sum()) * voxel_mm3
-        if volume < thresholds.min_volume_mm3:
+        if volume < spec.thresholds.min_volume_mm3:
             continue
-        finding = _measure(component, box, probabilities, predictions, volume, spec)
-        if finding.probability >= thresholds.detection_probability:
-            findings.append(finding)
-    return sorted(findings, key=lambda f: -f.probability)
+        measures = _measures(component, box, probabilities, heads, images, voxel_mm3)
+        if spec.thresholds.lesion_score == "classifier":
+            probability = spec.lesion_classifier.probability(measures)
+        else:
+            probability = _score(probabilities[box][component], spec)
+            if spec.thresholds.slice_head:
+                probability = min(probability, float(heads[box[0]].max()))
+        found.append((_measure(component, box, probabilities, predictions, volume,
+                               probability), measures))
+    return found
 
 
 def _extent(present: np.ndarray) -> tuple[int, int]:
@@ -69,9 +96,46 @@ def _extent(present: np.ndarray) -> tuple[int, int]:
     return int(where[0]), int(where[-1]) + 1
 
 
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-4), 1 - 1e-4)     # uint8 maps: 0 and 1 are 0.5/255 from their neighbours
+    return float(np.log(p / (1 - p)))
+
+
+def _measures(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,
+              heads: np.ndarray, images: np.ndarray | None, voxel_mm3: float) -> dict:
+    """A candidate lesion's LESION_FEATURES."""
+    pixels = probabilities[box][component]
+    span = heads[box[0]]
+    measures = {
+        "peak_logit": _logit(pixels.max()), "mean_logit": _logit(pixels.mean()),
+        "log_soft_volume": float(np.log1p(pixels.sum() * voxel_mm3)),
+        "log_volume": float(np.log(component.sum() * voxel_mm3)),
+        "slices": float(component.shape[0]),
+        "head_max_logit": _logit(span.max()), "head_mean_logit": _logit(span.mean()),
+        "saturated": float((pixels >= 0.99).mean()),
+    }
+    if images is None:
+        return measures | {name: float("nan") for name in LESION_FEATURES
+                           if name not in measures}
+    # The ring: up to RING pixels around the component, in the slices around it too.
+    wide = tuple(slice(max(0, s.start - RING), s.stop + RING) for s in box)
+    inside = np.zeros(probabilities[wide].shape, bool)
+    inside[tuple(slice(s.start - w.start, s.stop - w.start)
+                 for s, w in zip(box, wide, strict=True))] = component
+    ring = ndimage.binary_dilation(inside, iterations=RING) & ~inside
+    image = images[wide].astype(np.float32) / 255.0
+    within, around = image[inside], image[ring]
+    contrast = float(within.mean() - around.mean()) if around.size else 0.0
+    spread = float(around.std()) if around.size else 0.0
+    return measures | {"image_mean": float(within.mean()), "image_max": float(within.max()),
+                       "contrast": contrast, "contrast_sd": contrast / (spread + 1e-3),
+                       "abs_contrast": abs(contrast),
+                       "abs_contrast_sd": abs(contrast) / (spread + 1e-3)}
+
+
 def _measure(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,
              predictions: Sequence[SlicePrediction], volume: float,
-             spec: ModelSpec) -> Finding:
+             probability: float) -> Finding:
     k, u, v = np.nonzero(component)
     k, u, v = k + box[0].start, u + box[1].start, v + box[2].start
     weights = probabilities[k, u, v]
@@ -84,24 +148,20 @@ def _measure(component: np.ndarray, box: tuple[slice, ...], probabilities: np.nd
     key = int(np.argmax(areas)) + box[0].start
     key_mask = np.zeros(probabilities.shape[1:], bool)
     key_mask[box[1:]] = component[key - box[0].start]
-    first, last = int(k.min()), int(k.max())
-    probability = _score(weights, spec)
-    if spec.thresholds.slice_head:
-        probability = min(probability, max(p.tumour_probability
-                                           for p in predictions[first:last + 1]))
     return Finding(
         center_mm=tuple(float(c) for c in centre),
         diameter_mm=float((6 * volume / np.pi) ** (1 / 3)),
         volume_mm3=volume,
         probability=probability,
-        slices=(first, last),
+        slices=(int(k.min()), int(k.max())),
         key_slice=key,
         outline=outline(key_mask, predictions[key].grid),
     )
 
 
 def _score(probabilities: np.ndarray, spec: ModelSpec) -> float:
-    """A lesion's probability from its pixels' (before any slice-head cap)."""
+    """A slice lesion's probability from its pixels' (before any slice-head cap): their
+    mean under "mean", else their peak (the classifier scores only series lesions)."""
     if spec.thresholds.lesion_score == "mean":
         return float(probabilities.mean())
     return float(probabilities.max())
@@ -132,8 +192,11 @@ class SliceLesion:
 def lesions_on_slice(prediction: SlicePrediction, spec: ModelSpec) -> list[SliceLesion]:
     """2D components of one slice's probability map, most probable first; a component's
     probability is scored as a series' lesions are (peak or mean, capped by the slice's
-    tumour probability under `slice_head`)."""
-    cap = prediction.tumour_probability if spec.thresholds.slice_head else 1.0
+    tumour probability under `slice_head`). Under the classifier, which weighs a whole 3D
+    lesion, a slice's component is its peak capped by the slice head."""
+    thresholds = spec.thresholds
+    capped = thresholds.slice_head or thresholds.lesion_score == "classifier"
+    cap = prediction.tumour_probability if capped else 1.0
     probability = prediction.lesion_probability
     labels, count = ndimage.label(probability >= spec.thresholds.lesion_probability,
                                   structure=np.ones((3, 3), bool))

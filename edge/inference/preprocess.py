@@ -21,7 +21,7 @@ import numpy as np
 from scipy.ndimage import affine_transform, gaussian_filter
 
 from edge.errors import DicomError
-from edge.inference.spec import WEIGHTING_CODES, ModelSpec
+from edge.inference.spec import WEIGHTING_CODES, Intensity, ModelSpec
 from edge.values import Slice, SliceHeader
 
 FILL = {"CT": -1024.0, "MR": 0.0, "PT": 0.0}   # physical value outside the scanned field
@@ -158,3 +158,12 @@ def suv_factor(header: SliceHeader) -> float:
     elapsed = (reference - pet.injection_time).total_seconds()
     decayed_dose = pet.injected_dose_bq * 2 ** (-elapsed / pet.half_life_s)
     return pet.patient_weight_kg * 1000.0 / decayed_dose
+
+
+def image_u8(network_input: np.ndarray, intensity: Intensity) -> np.ndarray:
+    """The first channel of a (channels, size, size) network input as uint8 over the
+    range `normalise` gives it (0-1 for CT windows, +-clip for MR, 0-clip for PET)."""
+    low, high = {"ct_windows": (0.0, 1.0), "mr_zscore": (-intensity.clip, intensity.clip),
+                 "pet_suv": (0.0, intensity.clip)}[intensity.kind]
+    return np.clip(np.rint((network_input[0] - low) * (255 / (high - low))), 0, 255
+                   ).astype(np.uint8)

@@ -16,7 +16,7 @@ import numpy as np
 from edge.backends.base import Backend
 from edge.errors import BackendError, ScansideError
 from edge.inference.postprocess import find_lesions
-from edge.inference.preprocess import preprocess
+from edge.inference.preprocess import image_u8, preprocess
 from edge.series.geometry import GeometryProblem, SeriesGeometry, analyse_geometry
 from edge.values import SeriesResult, Slice, SlicePrediction
 
@@ -63,9 +63,11 @@ def predict(planes: Sequence[Slice], backend: Backend, batch_size: int = 8,
             raw.append((lesion, tumour))
         timings["preprocess"] += (t1 - t0) * 1e3
         timings["infer"] += (t2 - t1) * 1e3
-        for plane, grid, prob, tumour_p in zip(chunk, grids, lesion, tumour, strict=True):
+        for plane, image, grid, prob, tumour_p in zip(chunk, inputs, grids, lesion, tumour,
+                                                      strict=True):
             predictions.append(SlicePrediction(
-                plane.header.instance_key, to_u8(prob[0]), float(tumour_p[0]), grid))
+                plane.header.instance_key, to_u8(prob[0]), float(tumour_p[0]), grid,
+                image_u8(image, backend.spec.intensity)))
     return SeriesPrediction(ordered, tuple(predictions), geometry, timings)
 
 

@@ -9,12 +9,31 @@ its training data came from.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 from edge.errors import ModelError
 
 INTENSITY_KINDS = ("ct_windows", "mr_zscore", "pet_suv")
-LESION_SCORES = ("peak", "mean")
+LESION_SCORES = ("peak", "mean", "classifier")
+# What the lesion classifier may weigh, as `edge.inference.postprocess` measures it for each
+# candidate lesion (a 3D component of pixels above the pixel threshold):
+LESION_FEATURES = (
+    "peak_logit",        # logit of its highest pixel probability
+    "mean_logit",        # logit of its mean pixel probability
+    "log_soft_volume",   # log(1 + sum of its pixel probabilities x voxel volume in mm3)
+    "log_volume",        # log of its volume in mm3
+    "slices",            # how many slices it spans
+    "head_max_logit",    # logit of the slice head's highest probability over those slices
+    "head_mean_logit",   # logit of the slice head's mean probability over them
+    "saturated",         # fraction of its pixels at probability >= 0.99
+    "image_mean",        # its mean network input (first channel, 0-1 over the channel's range)
+    "image_max",         # its highest network input
+    "contrast",          # image_mean minus the mean of a 3-pixel ring around it
+    "contrast_sd",       # that difference in standard deviations of the ring
+    "abs_contrast",      # the size of the difference, darker or brighter (MR lesions are
+    "abs_contrast_sd",   # darker than their organ in T1, brighter in T2)
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,24 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class LesionClassifier:
+    """Logistic regression from a candidate lesion's measures (LESION_FEATURES) to the
+    probability that it is a lesion; fitted by `scanside calibrate`, used when
+    `thresholds.lesion_score` is "classifier"."""
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]              # standardisation of each feature ...
+    scale: tuple[float, ...]             # ... before its weight applies
+    weights: tuple[float, ...]
+    bias: float
+
+    def probability(self, measures: dict[str, float]) -> float:
+        z = self.bias + sum(w * (measures[f] - m) / s for f, m, s, w in zip(
+            self.features, self.mean, self.scale, self.weights, strict=True))
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     modality: str
     size: int                            # network input is size x size
@@ -70,6 +107,7 @@ class ModelSpec:
     version: str = "0"
     classes: tuple[str, ...] = ("background", "tumour")
     training_data: dict = field(default_factory=dict)   # digest, description, cases
+    lesion_classifier: LesionClassifier | None = None   # scores lesions under "classifier"
 
     @property
     def channels(self) -> int:
@@ -84,12 +122,16 @@ class ModelSpec:
             data = json.loads(text)
             intensity = data.pop("intensity")
             thresholds = data.pop("thresholds", {})
+            classifier = data.pop("lesion_classifier", None)
+            if classifier is not None:
+                classifier = LesionClassifier(**{k: v if k == "bias" else tuple(v)
+                                                 for k, v in classifier.items()})
             spec = cls(intensity=Intensity(
                 kind=intensity["kind"],
                 windows=tuple(tuple(w) for w in intensity.get("windows", ())),
                 clip=intensity.get("clip", 5.0), scale=intensity.get("scale", 1.0),
                 weighting=intensity.get("weighting", False)),
-                thresholds=Thresholds(**thresholds),
+                thresholds=Thresholds(**thresholds), lesion_classifier=classifier,
                 classes=tuple(data.pop("classes", ("background", "tumour"))), **data)
         except (ValueError, KeyError, TypeError) as error:
             raise ModelError(f"{source}: not a valid model spec: {error}") from error
@@ -117,5 +159,18 @@ class ModelSpec:
         if self.thresholds.lesion_score not in LESION_SCORES:
             problems.append(f"thresholds.lesion_score {self.thresholds.lesion_score!r}: "
                             f"expected one of {LESION_SCORES}")
+        classifier = self.lesion_classifier
+        if self.thresholds.lesion_score == "classifier" and classifier is None:
+            problems.append('thresholds.lesion_score "classifier" without a lesion_classifier')
+        if classifier is not None:
+            unknown = sorted(set(classifier.features) - set(LESION_FEATURES))
+            if unknown:
+                problems.append(f"lesion_classifier.features {unknown}: expected among "
+                                f"{LESION_FEATURES}")
+            lengths = {len(classifier.features), len(classifier.mean), len(classifier.scale),
+                       len(classifier.weights)}
+            if len(lengths) != 1:
+                problems.append("lesion_classifier: features, mean, scale and weights differ "
+                                f"in length ({sorted(lengths)})")
         if problems:
             raise ModelError(f"{source}: " + "; ".join(problems))

@@ -25,7 +25,7 @@ from edge.delivery.outbox import Outbox
 from edge.delivery.payloads import Publishing, alert_message, message_id, result_message
 from edge.errors import ScansideError
 from edge.inference.postprocess import find_lesions, lesions_on_slice
-from edge.inference.preprocess import preprocess
+from edge.inference.preprocess import image_u8, preprocess
 from edge.inference.series import FATAL_PROBLEMS, to_u8, verdict
 from edge.ingest.intake import Admitted, Completed, Forgotten
 from edge.series.assembler import Admission, SeriesState
@@ -150,7 +150,8 @@ class StreamingAnalyzer:
             progress.timings_ms["preprocess"] += (t1 - t0) * 1e3 / len(ready)
             progress.timings_ms["infer"] += (t2 - t1) * 1e3 / len(ready)
             prediction = SlicePrediction(plane.header.instance_key, to_u8(p_lesion[0]),
-                                         float(p_tumour[0]), grid)
+                                         float(p_tumour[0]), grid,
+                                         image_u8(image, backend.spec.intensity))
             progress.predictions[prediction.instance_key] = prediction
             if prediction.lesion_u8.max() >= threshold:
                 progress.previews[prediction.instance_key] = preview(image)

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 
 from edge.errors import ModelError
-from edge.inference.postprocess import find_lesions, lesions_on_slice
+from edge.inference.postprocess import candidate_lesions, find_lesions, lesions_on_slice
 from edge.inference.preprocess import slice_grid
-from edge.inference.spec import Intensity, ModelSpec, Thresholds
+from edge.inference.spec import (
+    LESION_FEATURES,
+    Intensity,
+    LesionClassifier,
+    ModelSpec,
+    Thresholds,
+)
 from edge.values import SlicePrediction
 from tests.edge.test_geometry import plane
 
@@ -27,9 +33,12 @@ def series(orientation, origin, n=30, step=1.0):
             for i in range(n)]
 
 
-def predictions(headers, spheres):
-    """Probability maps with each (centre, radius, probability) sphere painted in."""
+def predictions(headers, spheres, bright=()):
+    """Probability maps with each (centre, radius, probability) sphere painted in; with
+    `bright`, network inputs (grey 50 of 255, noise of 5) with each (centre, radius, value)
+    sphere painted in."""
     out = []
+    noise = np.random.default_rng(0)
     for h in headers:
         grid = slice_grid(h, SPEC.size, SPEC.spacing_mm)
         uv = np.stack(np.meshgrid(np.arange(64), np.arange(64), indexing="ij"), -1).reshape(-1, 2)
@@ -37,8 +46,13 @@ def predictions(headers, spheres):
         probability = np.zeros(64 * 64)
         for centre, radius, p in spheres:
             probability[np.linalg.norm(points - centre, axis=1) <= radius] = p
+        image = 50 + noise.normal(0, 5, 64 * 64)
+        for centre, radius, value in bright:
+            image[np.linalg.norm(points - centre, axis=1) <= radius] = value
         out.append(SlicePrediction(h.instance_key, np.rint(probability.reshape(64, 64) * 255)
-                                   .astype(np.uint8), float(probability.max()), grid))
+                                   .astype(np.uint8), float(probability.max()), grid,
+                                   np.clip(image, 0, 255).astype(np.uint8).reshape(64, 64)
+                                   if bright else None))
     return out
 
 
@@ -145,3 +159,60 @@ def test_a_spec_with_an_unknown_lesion_score_is_refused_naming_the_value():
     text = replace(SPEC, thresholds=replace(SPEC.thresholds, lesion_score="median")).to_json()
     with pytest.raises(ModelError, match="lesion_score 'median': expected one of"):
         ModelSpec.from_json(text, "model.onnx")
+
+
+CONTRAST = LesionClassifier(features=("contrast_sd",), mean=(0.0,), scale=(2.0,),
+                            weights=(1.0,), bias=0.0)
+BY_CLASSIFIER = replace(SPEC, lesion_classifier=CONTRAST, thresholds=replace(
+    SPEC.thresholds, lesion_score="classifier", detection_probability=0.6))
+
+
+def test_the_classifier_reports_the_saturated_spot_that_stands_out_in_the_image_only():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    maps = predictions(headers, [((-15, -15, 10.0), 4.0, 1.0), ((15, 15, 20.0), 4.0, 1.0)],
+                       bright=[((15, 15, 20.0), 4.0, 200)])
+    assert [f.probability for f in find_lesions(maps, 1.0, SPEC)] == [1.0, 1.0]
+    (finding,) = find_lesions(maps, 1.0, BY_CLASSIFIER)
+    assert finding.center_mm == pytest.approx((15, 15, 20), abs=0.6)
+    assert finding.probability > 0.99
+    lenient = replace(BY_CLASSIFIER, thresholds=replace(BY_CLASSIFIER.thresholds,
+                                                        detection_probability=0.0))
+    assert [round(f.probability, 1) for f in find_lesions(maps, 1.0, lenient)] == [1.0, 0.5]
+    doubted = replace(maps[20], tumour_probability=0.3)
+    assert [s.probability for s in lesions_on_slice(doubted, BY_CLASSIFIER)] == [0.3]
+
+
+def test_a_candidates_measures_say_its_size_slices_probabilities_and_contrast():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    maps = predictions(headers, [((15, 15, 20.0), 6.0, 0.9)],
+                       bright=[((15, 15, 20.0), 6.0, 200)])
+    ((finding, measures),) = candidate_lesions(maps, 1.0, SPEC)
+    assert measures["slices"] == finding.slices[1] - finding.slices[0] + 1 == 11
+    assert np.exp(measures["log_volume"]) == pytest.approx(finding.volume_mm3)
+    assert measures["peak_logit"] == pytest.approx(np.log(0.9 / 0.1), abs=0.05)
+    assert measures["mean_logit"] == pytest.approx(measures["peak_logit"])
+    assert measures["head_max_logit"] == pytest.approx(measures["peak_logit"], abs=0.05)
+    assert measures["saturated"] == 0.0
+    assert measures["image_mean"] == pytest.approx(200 / 255)
+    assert measures["image_max"] == pytest.approx(200 / 255)
+    assert measures["contrast"] == pytest.approx(150 / 255, abs=0.01)
+    assert measures["contrast_sd"] == pytest.approx(150 / 5, rel=0.15)
+    assert (measures["abs_contrast"], measures["abs_contrast_sd"]) == (measures["contrast"],
+                                                                       measures["contrast_sd"])
+    assert set(measures) == set(LESION_FEATURES)
+
+
+def test_the_classifier_without_the_network_input_is_an_error_not_a_silent_score():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    with pytest.raises(ValueError, match="network input"):
+        find_lesions(predictions(headers, [((15, 15, 20.0), 4.0, 1.0)]), 1.0, BY_CLASSIFIER)
+
+
+def test_the_lesion_classifier_travels_in_the_spec_and_a_broken_one_is_refused():
+    assert ModelSpec.from_json(BY_CLASSIFIER.to_json()) == BY_CLASSIFIER
+    without = replace(BY_CLASSIFIER, lesion_classifier=None).to_json()
+    with pytest.raises(ModelError, match='lesion_score "classifier" without a lesion_classifier'):
+        ModelSpec.from_json(without, "model.onnx")
+    unknown = replace(BY_CLASSIFIER, lesion_classifier=replace(CONTRAST, features=("age",)))
+    with pytest.raises(ModelError, match=r"features \['age'\]: expected among"):
+        ModelSpec.from_json(unknown.to_json(), "model.onnx")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
-from edge.inference.spec import LESION_SCORES
-from models.calibrate import DETECTION, VOLUME_MM3, calibrate, choose
+from edge.inference.series import SeriesPrediction
+from edge.inference.spec import LESION_FEATURES
+from edge.series.geometry import SeriesGeometry
+from models.calibrate import DETECTION, VOLUME_MM3, calibrate, choose, fit_classifier, sweep
 from models.checkpoint import load_checkpoint
 from models.torch_backend import TorchBackend
+from tests.edge.test_postprocess import SPEC, predictions, series
 
 
 def row(d, v, sens10, sens, fp, spec):
@@ -57,6 +61,37 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
     pixel = load_checkpoint(source).spec.thresholds.lesion_probability
     by_pixels = [d for d in DETECTION if d >= pixel]     # lower ones repeat the same point
     per_score = (len(DETECTION) + len(by_pixels)) * len(VOLUME_MM3)
-    assert [sum(p["lesion_score"] == score for p in points) for score in LESION_SCORES] == \
-        [per_score] * len(LESION_SCORES)
+    assert [sum(p["lesion_score"] == score for p in points) for score in ("peak", "mean")] == \
+        [per_score] * 2
+    classified = sum(p["lesion_score"] == "classifier" for p in points)
+    assert classified == (len(DETECTION) * len(VOLUME_MM3) if report["lesion_classifier"] else 0)
     assert load_checkpoint(source).spec.thresholds.detection_probability == 0.5   # untouched
+
+
+def test_the_lesion_classifier_tells_a_lesion_from_a_saturated_false_spot_by_its_contrast():
+    """Each series has a saturated false spot; half also have a saturated lesion that stands
+    out in the image. Peak, mean and slice head cannot tell them apart; the classifier can,
+    and calibration chooses it."""
+    lesion, spot = (15.0, 15.0, 20.0), (-15.0, -15.0, 10.0)
+    runs = []
+    for i in range(8):
+        headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+        diseased = i % 2 == 0
+        maps = predictions(headers, [(spot, 4.0, 1.0)] + [(lesion, 4.0, 1.0)] * diseased,
+                           bright=[(lesion, 4.0, 120 + 20 * i)] if diseased else [(spot, 1, 50)])
+        geometry = SeriesGeometry(tuple(range(len(maps))), tuple(map(float, range(len(maps)))),
+                                  1.0, ())
+        truth = {"series_uid": f"1.2.{i}", "modality": "CT",
+                 "lesions": [{"center_mm": lesion, "diameter_mm": 8.0}] * diseased}
+        runs.append((SeriesPrediction((), tuple(maps), geometry, {}), truth))
+    classifier = fit_classifier(runs, SPEC)
+    assert classifier.features == LESION_FEATURES
+    rows = sweep(runs, replace(SPEC, lesion_classifier=classifier))
+    assert max(r["series_specificity"] for r in rows if r["lesion_score"] != "classifier"
+               and r["lesion_sensitivity"] > 0) == 0.0
+    chosen = choose(rows)
+    assert chosen["lesion_score"] == "classifier"
+    assert (chosen["lesion_sensitivity"], chosen["false_positives_per_scan"],
+            chosen["series_specificity"]) == (1.0, 0.0, 1.0)
+    healthy = [run for run in runs if not run[1]["lesions"]]
+    assert fit_classifier(healthy, SPEC) is None           # nothing true to learn from
