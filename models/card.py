@@ -85,9 +85,9 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
     thresholds = spec.thresholds
     pixels = thresholds.lesion_score            # "peak", "mean" or "classifier"
     if pixels == "classifier":
-        scoring = ("its probability (the lesion classifier's, a logistic regression over "
-                   f"{len(spec.lesion_classifier.features)}\n  measures of the candidate: "
-                   "pixel probabilities, size, slice head and image contrast)")
+        scoring = ("its probability (the lesion classifier's,\n  a logistic regression "
+                   f"over {len(spec.lesion_classifier.features)} measures of the candidate: "
+                   "pixel probabilities, size,\n  slice head and image contrast)")
     elif thresholds.slice_head:
         scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
                    "slice head's over its slices)")
