@@ -169,6 +169,9 @@ class ModelSpec:
                                 f"{LESION_FEATURES}")
             lengths = {len(classifier.features), len(classifier.mean), len(classifier.scale),
                        len(classifier.weights)}
+            if any(not scale > 0 for scale in classifier.scale):
+                problems.append(f"lesion_classifier.scale {list(classifier.scale)}: expected "
+                                "every scale above 0")
             if len(lengths) != 1:
                 problems.append("lesion_classifier: features, mean, scale and weights differ "
                                 f"in length ({sorted(lengths)})")

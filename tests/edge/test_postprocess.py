@@ -216,3 +216,6 @@ def test_the_lesion_classifier_travels_in_the_spec_and_a_broken_one_is_refused()
     unknown = replace(BY_CLASSIFIER, lesion_classifier=replace(CONTRAST, features=("age",)))
     with pytest.raises(ModelError, match=r"features \['age'\]: expected among"):
         ModelSpec.from_json(unknown.to_json(), "model.onnx")
+    flat = replace(BY_CLASSIFIER, lesion_classifier=replace(CONTRAST, scale=(0.0,)))
+    with pytest.raises(ModelError, match=r"scale \[0.0\]: expected every scale above 0"):
+        ModelSpec.from_json(flat.to_json(), "model.onnx")
