@@ -3,7 +3,12 @@
 The network's probability maps are computed once per series; lesions are then extracted
 again for every candidate detection threshold (on a lesion's probability), minimum volume
 and way of scoring a lesion (its pixels' peak or mean, each alone or capped by the slice
-head, or a lesion classifier), and scored as `scanside eval` scores them.
+head, or a lesion classifier), and scored as `scanside eval` scores them. The chosen
+point is the one with the best lesion sensitivity (>= 10 mm first, then all) among those
+within the false-positive and specificity limits; if none is, the most sensitive one with
+at most one false positive per scan (a usual CAD operating point); if none is, the one
+with the fewest false positives. It is written into a copy of the checkpoint.
+The calibration set must be neither the training nor the held-out set.
 
 The lesion classifier is a logistic regression over each candidate's measures (pixel
 probabilities, size, slice head, and the contrast of the network input against a ring
@@ -12,12 +17,7 @@ candidate being positive when it hits a true lesion. The network's pixel maps sa
 so true lesions and false spots alike peak at 1.0; what they look like in the image
 around them still tells them apart. The threshold on its probability is chosen on the
 same candidates it was fitted on, so its figures here are a little optimistic: the
-held-out set says how well it does. The chosen point is the one with the
-best lesion sensitivity (>= 10 mm first, then all) among those within the false-positive
-and specificity limits; if none is, the most sensitive one with at most one false
-positive per scan (a usual CAD operating point); if none is, the one with the fewest false
-positives. It is written into a copy of the checkpoint.
-The calibration set must be neither the training nor the held-out set.
+held-out set says how well it does.
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def fit_classifier(runs, spec: ModelSpec, l2: float = L2) -> LesionClassifier | 
     a true lesion (ridge-penalised, on standardised measures); None when the candidates
     are not both true and false, so there is nothing to tell apart."""
     loosest = replace(spec, thresholds=replace(spec.thresholds, detection_probability=0.0,
+                                               min_volume_mm3=min(VOLUME_MM3),
                                                lesion_score="peak", slice_head=False))
     measures, hits = [], []
     for prediction, truth in runs:

@@ -58,11 +58,10 @@ def candidate_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: 
     mask = probabilities >= spec.thresholds.lesion_probability
     if not mask.any():
         return []
-    if spec.thresholds.lesion_score == "classifier" and any(
-            p.image_u8 is None for p in predictions):
+    images = (None if any(p.image_u8 is None for p in predictions)
+              else np.stack([p.image_u8 for p in predictions]))
+    if images is None and spec.thresholds.lesion_score == "classifier":
         raise ValueError("the lesion classifier needs each slice's network input (image_u8)")
-    images = (np.stack([p.image_u8 for p in predictions])
-              if all(p.image_u8 is not None for p in predictions) else None)
     heads = np.array([p.tumour_probability for p in predictions])
     # Components are labelled inside the box around every voxel above the threshold:
     # lesions are small against a series, and labelling costs by the voxel.
@@ -85,7 +84,7 @@ def candidate_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: 
             probability = _score(probabilities[box][component], spec)
             if spec.thresholds.slice_head:
                 probability = min(probability, float(heads[box[0]].max()))
-        found.append((_measure(component, box, probabilities, predictions, volume,
+        found.append((_finding(component, box, probabilities, predictions, volume,
                                probability), measures))
     return found
 
@@ -133,7 +132,7 @@ def _measures(component: np.ndarray, box: tuple[slice, ...], probabilities: np.n
                        "abs_contrast_sd": abs(contrast) / (spread + 1e-3)}
 
 
-def _measure(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,
+def _finding(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,
              predictions: Sequence[SlicePrediction], volume: float,
              probability: float) -> Finding:
     k, u, v = np.nonzero(component)

@@ -167,11 +167,11 @@ class ModelSpec:
             if unknown:
                 problems.append(f"lesion_classifier.features {unknown}: expected among "
                                 f"{LESION_FEATURES}")
-            lengths = {len(classifier.features), len(classifier.mean), len(classifier.scale),
-                       len(classifier.weights)}
             if any(not scale > 0 for scale in classifier.scale):
                 problems.append(f"lesion_classifier.scale {list(classifier.scale)}: expected "
                                 "every scale above 0")
+            lengths = {len(classifier.features), len(classifier.mean), len(classifier.scale),
+                       len(classifier.weights)}
             if len(lengths) != 1:
                 problems.append("lesion_classifier: features, mean, scale and weights differ "
                                 f"in length ({sorted(lengths)})")
