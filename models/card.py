@@ -161,13 +161,25 @@ FROC (`eval/froc.png`) over every candidate lesion, whatever its probability (th
 operating point above is one point of it), lesion sensitivity at a false-positive rate per
 scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
 Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
-listed in `eval/eval.json` with its size, shape and organ.
-{by_weighting}
+listed in `eval/eval.json` with its size, shape, organ and conspicuity.
+{_conspicuity_line(evaluation)}{by_weighting}
 ## Conversion parity
 
 {_parity_line(folder / 'onnx-parity.json')}
 {_parity_line(folder / 'fp16-parity.json')}
 """ + (f"\n## Known weaknesses\n\n{remarks.strip()}\n" if remarks.strip() else "")
+
+
+def _conspicuity_line(evaluation: dict) -> str:
+    """Sensitivity per band of conspicuity (how far a lesion stands out in the network
+    input, `models.evaluate.conspicuity`), where the evaluation measured it."""
+    bands = evaluation.get("by_conspicuity")
+    if not bands or not any(band["lesions"] for band in bands.values()):
+        return ""
+    parts = ", ".join(f"{band['sensitivity']:.3f} of {band['lesions']} lesions {name}"
+                      for name, band in bands.items() if band["lesions"])
+    return ("\nBy conspicuity (the lesion's mean network input against a shell 4-12 mm "
+            "outside it, in\nstandard deviations of the shell), sensitivity: " + parts + ".\n")
 
 
 def main(argv: list[str] | None = None) -> int:

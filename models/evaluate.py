@@ -10,6 +10,11 @@ its probability (the operating point is one point of it); series-level sensitivi
 specificity and AUC; and pixel Dice on the network grid. MR lesion figures are also
 given per weighting (T1, T2 or unknown, as the series' tags say; see SliceHeader), since a
 lesion is darker than its organ in one and brighter in the other.
+
+Each true lesion's conspicuity is measured too: how many standard deviations of its
+surroundings (a shell 4-12 mm outside it, other lesions left out) the mean network input
+inside it differs from theirs. It says whether a missed lesion was faint in what the
+network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`).
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from edge.backends.base import Backend
 from edge.inference.postprocess import find_lesions
 from edge.inference.preprocess import resample
 from edge.inference.series import predict, slice_spacing_mm, summarise
-from edge.values import Finding
+from edge.values import Finding, SlicePrediction
 from models.data import DicomCase
 from models.train import auc
 
 FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+SHELL_MM = (4.0, 12.0)              # the surroundings of a lesion, beyond its radius
+CONSPICUITY_SD = (2.0, 3.0)         # bands: below 2 SD, 2-3 SD, 3 SD or more
 
 
 def hit_radius_mm(diameter_mm: float) -> float:
@@ -67,6 +74,7 @@ class CaseResult:
     candidates: list[Finding] | None = None   # below the detection threshold too (None:
                                               # the findings); the FROC walks down these
     mr_weighting: str = ""                    # "T1", "T2" or "" (unknown; not MR)
+    conspicuity: list[float] = field(default_factory=list)   # per true lesion (SD)
 
     @property
     def score(self) -> float:
@@ -94,9 +102,11 @@ def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
     by_key = {p.header.instance_key: m for p, m in zip(planes, masks, strict=True)}
     threshold = backend.spec.thresholds.lesion_probability
     intersection = predicted = true = 0.0
+    true_masks = []
     for plane, slice_prediction in zip(prediction.planes, prediction.predictions, strict=True):
         mask = resample(by_key[plane.header.instance_key].astype(np.float32),
                         slice_prediction.grid, antialias=False) >= 0.5
+        true_masks.append(mask)
         hit = slice_prediction.lesion_probability >= threshold
         intersection += (hit & mask).sum()
         predicted += hit.sum()
@@ -108,7 +118,45 @@ def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
     return CaseResult(folder.name, truth["modality"], truth["lesions"], findings,
                       match(truth["lesions"], findings), result.status,
                       (intersection, predicted, true), result.reason, candidates,
-                      planes[0].header.mr_weighting)
+                      planes[0].header.mr_weighting,
+                      [conspicuity(lesion, prediction.predictions, true_masks)
+                       for lesion in truth["lesions"]])
+
+
+def conspicuity(lesion: dict, predictions: Sequence[SlicePrediction],
+                true_masks: Sequence[np.ndarray]) -> float:
+    """How far a true lesion stands out in the network input (its first channel): the
+    mean inside it (voxels of the true mask within its radius of its centre, or the
+    nearest voxel when it is smaller than one) minus the mean of the shell `SHELL_MM`
+    beyond its radius, in standard deviations of the shell, as a size (darker or
+    brighter). NaN when the input was not kept or the shell is off the grid."""
+    centre, radius = np.asarray(lesion["center_mm"], float), lesion["diameter_mm"] / 2
+    inside, shell, nearest = [], [], (np.inf, np.nan)
+    for prediction, mask in zip(predictions, true_masks, strict=True):
+        if prediction.image_u8 is None:
+            return float("nan")
+        grid = prediction.grid
+        u_step, v_step = np.asarray(grid.u_step_mm), np.asarray(grid.v_step_mm)
+        normal = np.cross(u_step, v_step) / grid.spacing_mm ** 2
+        offset = centre - np.asarray(grid.origin_mm)
+        height = float(offset @ normal)
+        if abs(height) > radius + SHELL_MM[1]:
+            continue
+        cu, cv = offset @ u_step / grid.spacing_mm ** 2, offset @ v_step / grid.spacing_mm ** 2
+        u, v = np.ogrid[:grid.size, :grid.size]
+        distance = np.sqrt(grid.spacing_mm ** 2 * ((u - cu) ** 2 + (v - cv) ** 2) + height ** 2)
+        image = prediction.image_u8.astype(float)
+        inside.append(image[mask & (distance <= radius)])
+        shell.append(image[~mask & (distance > radius + SHELL_MM[0])
+                           & (distance <= radius + SHELL_MM[1])])
+        closest = np.unravel_index(np.argmin(distance), distance.shape)
+        nearest = min(nearest, (float(distance[closest]), float(image[closest])))
+    inside = np.concatenate(inside) if inside else np.empty(0)
+    shell = np.concatenate(shell) if shell else np.empty(0)
+    if len(shell) < 8 or not (len(inside) or np.isfinite(nearest[0])):
+        return float("nan")
+    mean = inside.mean() if len(inside) else nearest[1]
+    return float(abs(mean - shell.mean()) / max(shell.std(), 1.0))
 
 
 def evaluate(folders: Sequence[Path], backend: Backend) -> list[CaseResult]:
@@ -149,7 +197,24 @@ def lesion_metrics(cases: Sequence[CaseResult]) -> dict:
         "false_positives_per_scan": sum(m is None for c in cases for m in c.matches)
         / max(len(cases), 1),
         "froc": {f"{rate:g}": sensitivity_at(points, rate) for rate in FROC_FP_RATES},
+        "by_conspicuity": _by_conspicuity(cases),
     }
+
+
+def _by_conspicuity(cases: Sequence[CaseResult]) -> dict:
+    """Lesions and sensitivity per band of conspicuity (lesions not measured left out)."""
+    edges = (0.0, *CONSPICUITY_SD, np.inf)
+    names = [f"below {edges[1]:g} SD"] + [f"{a:g}-{b:g} SD" for a, b in
+                                          zip(edges[1:-2], edges[2:-1], strict=True)] \
+        + [f"{edges[-2]:g} SD or more"]
+    bands = {name: [] for name in names}
+    for c in cases:
+        for i, value in enumerate(c.conspicuity):
+            if value == value:
+                name = names[int(np.searchsorted(edges, value, side="right")) - 1]
+                bands[name].append(any(m == i for m in c.matches))
+    return {name: {"lesions": len(hits), "sensitivity": _ratio(sum(hits), len(hits))}
+            for name, hits in bands.items()}
 
 
 def metrics(cases: Sequence[CaseResult]) -> dict:
@@ -164,7 +229,8 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
         "series_auc": auc(np.array([c.score for c in cases]), positive),
         "dice": 2 * inter / (pred + true) if pred + true else 1.0,
         "failed_series": [c.name for c in cases if c.status == "failed"],
-        "missed": [{"case": c.name, **lesion} for c in cases for i, lesion in enumerate(c.truth)
+        "missed": [{"case": c.name, **lesion, "conspicuity_sd": _conspicuity(c, i)}
+                   for c in cases for i, lesion in enumerate(c.truth)
                    if not any(m == i for m in c.matches)],
     }
     if any(c.modality == "MR" for c in cases):
@@ -173,6 +239,11 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
             w or "unknown": lesion_metrics([c for c in cases if c.mr_weighting == w])
             for w in weightings}
     return figures
+
+
+def _conspicuity(case: CaseResult, i: int) -> float | None:
+    value = case.conspicuity[i] if i < len(case.conspicuity) else float("nan")
+    return round(value, 2) if value == value else None
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -204,6 +275,14 @@ class Report:
                      f"{g['lesion_sensitivity_10mm_or_more']:.3f} | "
                      f"{g['false_positives_per_scan']:.2f} | {g['froc']['0.5']:.3f} |"
                      for modality, w, g in weighted]
+        bands = [(modality, m["by_conspicuity"])
+                 for modality, m in sorted(self.by_modality.items())]
+        names = list(bands[0][1]) if bands else []
+        rows += ["", "Lesion sensitivity by conspicuity (lesions in brackets):", "",
+                 "| modality | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        rows += ["| " + " | ".join([modality] + [f"{b[n]['sensitivity']:.3f} ({b[n]['lesions']})"
+                                                 for n in names]) + " |"
+                 for modality, b in bands]
         return "\n".join(rows)
 
 

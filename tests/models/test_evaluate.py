@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
-from edge.values import Finding
-from models.evaluate import CaseResult, Report, froc, match, metrics, sensitivity_at
+from edge.inference.preprocess import SliceGrid
+from edge.values import Finding, SlicePrediction
+from models.evaluate import CaseResult, Report, conspicuity, froc, match, metrics, sensitivity_at
 
 
 def lesion(x, diameter=20.0):
@@ -51,7 +53,7 @@ def test_nothing_found():
     assert m["lesion_sensitivity"] == 0.0 and m["series_sensitivity"] == 0.0
     assert m["series_specificity"] == 1.0 and m["dice"] == 0.0
     assert m["series_auc"] == 0.5           # every score is 0: a coin toss
-    assert m["missed"] == [{"case": "a", **lesion(0)}]
+    assert m["missed"] == [{"case": "a", **lesion(0), "conspicuity_sd": None}]   # not measured
 
 
 def test_one_false_positive_in_two_scans():
@@ -118,3 +120,60 @@ def test_mr_lesion_figures_are_also_given_per_weighting():
     table = Report({"MR": m}).table()
     assert "| MR | T1 | 1 | 2 | 0.500 |" in table and "| MR | unknown |" in table
     assert "by_mr_weighting" not in metrics([case("a", [lesion(0)], [finding(0)])])
+
+
+def painted_series(centre, radius_mm, step, noise=5.0, slices=11, size=64, seed=0):
+    """Axial slices 2 mm apart on a 2 mm grid: noise around 100, a sphere `step` above it."""
+    rng = np.random.default_rng(seed)
+    predictions, masks = [], []
+    u, v = np.mgrid[:size, :size]
+    for k in range(slices):
+        z = 2.0 * k
+        grid = SliceGrid(size, 2.0, (-63.0, -63.0, z), (0.0, 2.0, 0.0), (2.0, 0.0, 0.0),
+                         (0.0, 0.0), (1.0, 0.0), (0.0, 1.0))
+        x, y = -63.0 + 2 * v, -63.0 + 2 * u
+        distance = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+        inside = distance <= radius_mm
+        image = rng.normal(100, noise, (size, size)) + step * inside
+        predictions.append(SlicePrediction(f"{k}", np.zeros((size, size), np.uint8), 0.0, grid,
+                                           np.clip(image, 0, 255).astype(np.uint8)))
+        masks.append(inside)
+    return predictions, masks
+
+
+def test_conspicuity_is_a_lesion_s_contrast_in_standard_deviations_of_its_surroundings():
+    centre = (6.0, -4.0, 10.0)
+    truth = {"center_mm": list(centre), "diameter_mm": 12.0}
+    bright = conspicuity(truth, *painted_series(centre, 6.0, 15.0))     # 3 SD above
+    dark = conspicuity(truth, *painted_series(centre, 6.0, -10.0))      # 2 SD below
+    unseen = conspicuity(truth, *painted_series(centre, 6.0, 0.0))
+    assert bright == pytest.approx(3.0, abs=0.3)
+    assert dark == pytest.approx(2.0, abs=0.3)
+    assert unseen < 0.3
+
+
+def test_conspicuity_of_a_lesion_smaller_than_a_voxel_uses_the_voxel_nearest_its_centre():
+    predictions, masks = painted_series((0.0, 0.0, 10.0), 0.5, 0.0, noise=2.0)
+    predictions[5].image_u8[31, 31] += 40               # the voxel at (-1, -1, 10) mm
+    truth = {"center_mm": [-0.5, -0.5, 10.0], "diameter_mm": 1.0}
+    assert conspicuity(truth, predictions, [np.zeros_like(m) for m in masks]) > 10
+
+
+def test_conspicuity_is_not_measured_without_the_network_input():
+    predictions, masks = painted_series((0.0, 0.0, 10.0), 6.0, 15.0)
+    predictions = [replace(p, image_u8=None) for p in predictions]
+    assert math.isnan(conspicuity({"center_mm": [0, 0, 10], "diameter_mm": 12}, predictions,
+                                  masks))
+
+
+def test_sensitivity_is_reported_per_band_of_conspicuity():
+    faint, clear = lesion(0), lesion(100)
+    found = replace(case("a", [faint, clear], [finding(100)]), conspicuity=[1.2, 4.0])
+    unmeasured = replace(case("b", [lesion(0)], []), conspicuity=[float("nan")])
+    m = metrics([found, unmeasured])
+    assert m["by_conspicuity"] == {
+        "below 2 SD": {"lesions": 1, "sensitivity": 0.0},
+        "2-3 SD": {"lesions": 0, "sensitivity": pytest.approx(float("nan"), nan_ok=True)},
+        "3 SD or more": {"lesions": 1, "sensitivity": 1.0}}
+    assert [x["conspicuity_sd"] for x in m["missed"]] == [1.2, None]
+    assert "below 2 SD" in Report({"CT": m}).table()
