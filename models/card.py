@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -178,8 +179,9 @@ def _conspicuity_line(evaluation: dict) -> str:
         return ""
     parts = ", ".join(f"{band['sensitivity']:.3f} of {band['lesions']} lesions {name}"
                       for name, band in bands.items() if band["lesions"])
-    return ("\nBy conspicuity (the lesion's mean network input against a shell 4-12 mm "
-            "outside it, in\nstandard deviations of the shell), sensitivity: " + parts + ".\n")
+    return "\n" + textwrap.fill(
+        "By conspicuity (the lesion's mean network input against a shell 4-12 mm outside it, "
+        f"in standard deviations of the shell), sensitivity: {parts}.", 90) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
