@@ -20,6 +20,7 @@ network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,9 @@ from models.train import auc
 FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 SHELL_MM = (4.0, 12.0)              # the surroundings of a lesion, beyond its radius
 CONSPICUITY_SD = (2.0, 3.0)         # bands: below 2 SD, 2-3 SD, 3 SD or more
+CONSPICUITY_BANDS = (f"below {CONSPICUITY_SD[0]:g} SD",
+                     f"{CONSPICUITY_SD[0]:g}-{CONSPICUITY_SD[1]:g} SD",
+                     f"{CONSPICUITY_SD[1]:g} SD or more")
 
 
 def hit_radius_mm(diameter_mm: float) -> float:
@@ -129,7 +133,8 @@ def conspicuity(lesion: dict, predictions: Sequence[SlicePrediction],
     mean inside it (voxels of the true mask within its radius of its centre, or the
     nearest voxel when it is smaller than one) minus the mean of the shell `SHELL_MM`
     beyond its radius, in standard deviations of the shell, as a size (darker or
-    brighter). NaN when the input was not kept or the shell is off the grid."""
+    brighter), the deviation being at least one grey level. NaN when the input was not
+    kept or the shell is off the grid."""
     centre, radius = np.asarray(lesion["center_mm"], float), lesion["diameter_mm"] / 2
     inside, shell, nearest = [], [], (np.inf, np.nan)
     for prediction, mask in zip(predictions, true_masks, strict=True):
@@ -153,7 +158,7 @@ def conspicuity(lesion: dict, predictions: Sequence[SlicePrediction],
         nearest = min(nearest, (float(distance[closest]), float(image[closest])))
     inside = np.concatenate(inside) if inside else np.empty(0)
     shell = np.concatenate(shell) if shell else np.empty(0)
-    if len(shell) < 8 or not (len(inside) or np.isfinite(nearest[0])):
+    if len(shell) < 8:                  # a slice was near it, so `nearest` is set
         return float("nan")
     mean = inside.mean() if len(inside) else nearest[1]
     return float(abs(mean - shell.mean()) / max(shell.std(), 1.0))
@@ -203,16 +208,12 @@ def lesion_metrics(cases: Sequence[CaseResult]) -> dict:
 
 def _by_conspicuity(cases: Sequence[CaseResult]) -> dict:
     """Lesions and sensitivity per band of conspicuity (lesions not measured left out)."""
-    edges = (0.0, *CONSPICUITY_SD, np.inf)
-    names = [f"below {edges[1]:g} SD"] + [f"{a:g}-{b:g} SD" for a, b in
-                                          zip(edges[1:-2], edges[2:-1], strict=True)] \
-        + [f"{edges[-2]:g} SD or more"]
-    bands = {name: [] for name in names}
+    bands = {name: [] for name in CONSPICUITY_BANDS}
     for c in cases:
         for i, value in enumerate(c.conspicuity):
-            if value == value:
-                name = names[int(np.searchsorted(edges, value, side="right")) - 1]
-                bands[name].append(any(m == i for m in c.matches))
+            if not math.isnan(value):
+                band = CONSPICUITY_BANDS[int(np.searchsorted(CONSPICUITY_SD, value, "right"))]
+                bands[band].append(any(m == i for m in c.matches))
     return {name: {"lesions": len(hits), "sensitivity": _ratio(sum(hits), len(hits))}
             for name, hits in bands.items()}
 
@@ -243,7 +244,7 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
 
 def _conspicuity(case: CaseResult, i: int) -> float | None:
     value = case.conspicuity[i] if i < len(case.conspicuity) else float("nan")
-    return round(value, 2) if value == value else None
+    return None if math.isnan(value) else round(value, 2)
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -275,14 +276,12 @@ class Report:
                      f"{g['lesion_sensitivity_10mm_or_more']:.3f} | "
                      f"{g['false_positives_per_scan']:.2f} | {g['froc']['0.5']:.3f} |"
                      for modality, w, g in weighted]
-        bands = [(modality, m["by_conspicuity"])
-                 for modality, m in sorted(self.by_modality.items())]
-        names = list(bands[0][1]) if bands else []
         rows += ["", "Lesion sensitivity by conspicuity (lesions in brackets):", "",
-                 "| modality | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        rows += ["| " + " | ".join([modality] + [f"{b[n]['sensitivity']:.3f} ({b[n]['lesions']})"
-                                                 for n in names]) + " |"
-                 for modality, b in bands]
+                 "| modality | " + " | ".join(CONSPICUITY_BANDS) + " |",
+                 "|---" * (len(CONSPICUITY_BANDS) + 1) + "|"]
+        rows += ["| " + " | ".join([modality] + [f"{b['sensitivity']:.3f} ({b['lesions']})"
+                                                 for b in m["by_conspicuity"].values()]) + " |"
+                 for modality, m in sorted(self.by_modality.items())]
         return "\n".join(rows)
 
 
