@@ -67,7 +67,8 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
     spec, network = checkpoint.spec, checkpoint.network
     modality = spec.modality
     evaluation = json.loads((folder / "eval" / "eval.json").read_text())[modality]
-    calibration = json.loads((folder / "calibration.json").read_text())["chosen"]
+    report = json.loads((folder / "calibration.json").read_text())
+    calibration, folds = report["chosen"], report.get("classifier_folds")
     # history.json covers the whole run; the checkpoint's own history stops at its epoch
     history_file = folder / "history.json"
     history = (json.loads(history_file.read_text()) if history_file.exists()
@@ -94,6 +95,8 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
                    "slice head's over its slices)")
     else:
         scoring = f"its {pixels} pixel probability"
+    crossed = (f" (each series scored by the classifier\n  fitted on the other {folds - 1} "
+               f"of {folds} folds of it)" if pixels == "classifier" and folds else "")
     fine_tuned = (f"\n- Fine-tuned: every weight started from `{data['fine_tuned_from']}`; the "
                   "epochs and curves below are the fine-tuning's." if "fine_tuned_from" in data
                   else "")
@@ -127,7 +130,7 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
   a lesion is reported when {scoring} reaches
   {thresholds.detection_probability}
   (pixels above {thresholds.lesion_probability} form it) and its volume is at least
-  {thresholds.min_volume_mm3:g} mm3. On the calibration set they gave lesion sensitivity
+  {thresholds.min_volume_mm3:g} mm3. On the calibration set{crossed} they gave lesion sensitivity
   {calibration['lesion_sensitivity']:.3f} at {calibration['false_positives_per_scan']:.2f}
   false positives per scan.
 - Files: {', '.join(f'`{n}` {s:.1f} MiB' for n, s in sizes.items())}.

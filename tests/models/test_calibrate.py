@@ -8,7 +8,15 @@ from dataclasses import replace
 from edge.inference.series import SeriesPrediction
 from edge.inference.spec import LESION_FEATURES
 from edge.series.geometry import SeriesGeometry
-from models.calibrate import DETECTION, VOLUME_MM3, calibrate, choose, fit_classifier, sweep
+from models.calibrate import (
+    DETECTION,
+    VOLUME_MM3,
+    calibrate,
+    choose,
+    cross_fitted_classifiers,
+    fit_classifier,
+    sweep,
+)
 from models.checkpoint import load_checkpoint
 from models.torch_backend import TorchBackend
 from tests.edge.test_postprocess import SPEC, predictions, series
@@ -68,10 +76,9 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
     assert load_checkpoint(source).spec.thresholds.detection_probability == 0.5   # untouched
 
 
-def test_the_lesion_classifier_tells_a_lesion_from_a_saturated_false_spot_by_its_contrast():
-    """Each series has a saturated false spot; half also have a saturated lesion that stands
-    out in the image. Peak, mean and slice head cannot tell them apart; the classifier can,
-    and calibration chooses it."""
+def spot_and_lesion_runs():
+    """Eight series, each with a saturated false spot; the even ones also have a saturated
+    lesion that stands out in the image."""
     lesion, spot = (15.0, 15.0, 20.0), (-15.0, -15.0, 10.0)
     runs = []
     for i in range(8):
@@ -84,9 +91,17 @@ def test_the_lesion_classifier_tells_a_lesion_from_a_saturated_false_spot_by_its
         truth = {"series_uid": f"1.2.{i}", "modality": "CT",
                  "lesions": [{"center_mm": lesion, "diameter_mm": 8.0}] * diseased}
         runs.append((SeriesPrediction((), tuple(maps), geometry, {}), truth))
+    return runs
+
+
+def test_the_lesion_classifier_tells_a_lesion_from_a_saturated_false_spot_by_its_contrast():
+    """Peak, mean and slice head cannot tell the lesions from the spots; the classifier
+    can, scored out of fold as calibration scores it, and calibration chooses it."""
+    runs = spot_and_lesion_runs()
     classifier = fit_classifier(runs, SPEC)
     assert classifier.features == LESION_FEATURES
-    rows = sweep(runs, replace(SPEC, lesion_classifier=classifier))
+    rows = sweep(runs, replace(SPEC, lesion_classifier=classifier),
+                 classifiers=cross_fitted_classifiers(runs, SPEC))
     assert max(r["series_specificity"] for r in rows if r["lesion_score"] != "classifier"
                and r["lesion_sensitivity"] > 0) == 0.0
     chosen = choose(rows)
@@ -95,3 +110,13 @@ def test_the_lesion_classifier_tells_a_lesion_from_a_saturated_false_spot_by_its
             chosen["series_specificity"]) == (1.0, 0.0, 1.0)
     healthy = [run for run in runs if not run[1]["lesions"]]
     assert fit_classifier(healthy, SPEC) is None           # nothing true to learn from
+
+
+def test_each_series_is_scored_by_a_classifier_that_never_saw_it():
+    runs = spot_and_lesion_runs()
+    crossed = cross_fitted_classifiers(runs, SPEC, folds=3)
+    for i, own in enumerate(crossed):
+        others = [run for j, run in enumerate(runs) if j % 3 != i % 3]
+        assert own == fit_classifier(others, SPEC)
+        assert own != fit_classifier(runs, SPEC)
+    assert len({id(c) for c in crossed}) == 3

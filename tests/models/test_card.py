@@ -37,6 +37,8 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     bands = figures["by_conspicuity"]                    # every true lesion was measured
     assert sum(band["lesions"] for band in bands.values()) == figures["lesions"] > 0
     assert "By conspicuity" in text and "standard deviations of the shell" in text
+    scored = load_checkpoint(entry / "model.pt").spec.thresholds.lesion_score
+    assert ("fitted on the other 4 of 5 folds" in text) == (scored == "classifier")
 
     evaluation = json.loads((entry / "eval" / "eval.json").read_text())   # as an MR set has
     evaluation["PT"]["by_mr_weighting"] = {"T1": {**figures, "lesion_sensitivity": 0.25}}
