@@ -118,10 +118,14 @@ def cross_fitted_classifiers(runs, spec: ModelSpec, folds: int = FOLDS,
                              l2: float = L2) -> list[LesionClassifier | None]:
     """One classifier per run, fitted on the candidates of the runs outside its fold
     (run i is in fold i % folds)."""
-    candidates = _candidates(runs, spec)
+    return _cross_fit(_candidates(runs, spec), folds, l2)
+
+
+def _cross_fit(candidates: list[tuple[np.ndarray, np.ndarray]], folds: int,
+               l2: float) -> list[LesionClassifier | None]:
     fitted = [_fit([c for i, c in enumerate(candidates) if i % folds != k], l2)
-              for k in range(min(folds, len(runs)))]
-    return [fitted[i % folds] for i in range(len(runs))]
+              for k in range(min(folds, len(candidates)))]
+    return [fitted[i % folds] for i in range(len(candidates))]
 
 
 def _candidates(runs, spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -193,10 +197,11 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
     """Sweep, choose, and write `out`: the checkpoint with the chosen thresholds, plus
     `<out>.calibration.json` with every point tried."""
     runs = predictions(folders, backend)
-    classifier = fit_classifier(runs, backend.spec)
+    candidates = _candidates(runs, backend.spec)       # measured once for every fit
+    classifier = _fit(candidates, L2)
     # A fold whose other folds hold no true or no false candidate has no classifier of
     # its own; the one fitted on every series scores it (in-sample, so a little kind).
-    crossed = [own or classifier for own in cross_fitted_classifiers(runs, backend.spec)]
+    crossed = [own or classifier for own in _cross_fit(candidates, FOLDS, L2)]
     rows = sweep(runs, replace(backend.spec, lesion_classifier=classifier), classifiers=crossed)
     best = choose(rows, max_fp, min_specificity)
     loaded = load_checkpoint(checkpoint)
