@@ -43,6 +43,8 @@ class Tissue(IntEnum):
 
 LESION_KINDS = ("round", "ellipsoid", "lobulated", "spiculated", "rim", "cyst")
 ORGAN_WEIGHTS = {"liver": 0.42, "lung": 0.2, "kidney": 0.14, "spleen": 0.1, "soft": 0.14}
+ORGAN_TISSUE = {"liver": Tissue.LIVER, "lung": Tissue.LUNG, "kidney": Tissue.KIDNEY,
+                "spleen": Tissue.SPLEEN, "soft": Tissue.SOFT}
 
 
 @dataclass(frozen=True)
@@ -266,10 +268,13 @@ def _lesions(rng, patient: Patient, organs, count: int) -> tuple[Lesion, ...]:
         if center is None or any(np.linalg.norm(center - other.center_mm)
                                  < (diameter + other.diameter_mm) / 2 + 8 for other in lesions):
             continue
-        if organ == "soft" and patient.tissues(center[None])[0] != Tissue.SOFT:
-            continue
         kinds = ("round", "spiculated", "lobulated") if organ == "lung" else LESION_KINDS
-        lesions.append(_lesion(rng, str(rng.choice(kinds)), organ, center, diameter))
+        lesion = _lesion(rng, str(rng.choice(kinds)), organ, center, diameter)
+        # The organ's shape lies partly under later layers (the heart over the lung, the
+        # kidney over the liver): the lesion's centre, as truth.json gives it, must lie
+        # where the organ's own tissue shows, or its contrast is set against the wrong one.
+        if patient.tissues(lesion.center_mm[None])[0] == ORGAN_TISSUE[organ]:
+            lesions.append(lesion)
     return tuple(lesions)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from models.synthetic.anatomy import Lesion, Patient, Tissue
+from models.synthetic.anatomy import ORGAN_TISSUE, Lesion, Patient, Tissue
 
 T = Tissue
 
@@ -32,10 +32,6 @@ class Appearance:
     weighting: str = ""            # MR: T1 or T2
     fat_suppressed: bool = False   # MR
     waves: tuple = ()              # 3D cosine waves for texture and bias
-
-
-ORGAN_TISSUE = {"liver": T.LIVER, "lung": T.LUNG, "kidney": T.KIDNEY, "spleen": T.SPLEEN,
-                "soft": T.SOFT}
 
 
 def sample_appearance(modality: str, rng: np.random.Generator) -> Appearance:

@@ -15,6 +15,7 @@ from edge.inference.preprocess import suv_factor
 from edge.ingest.reader import read_file
 from edge.series.geometry import analyse_geometry
 from models.data import DicomCase
+from models.synthetic.anatomy import ORGAN_TISSUE, sample_patient
 from models.synthetic.anatomy import Tissue as T
 from models.synthetic.physics import sample_appearance
 
@@ -112,3 +113,17 @@ def test_mr_tissues_vary_between_patients_about_their_weighting_s_values():
     t1 = [a for a in draws if a.weighting == "T1"]
     brighter = np.mean([a.tissue[T.LIVER] > a.tissue[T.SPLEEN] for a in t1])
     assert brighter > 0.95
+
+
+def test_every_lesion_is_centred_in_the_tissue_of_the_organ_it_is_recorded_in():
+    """An organ's shape lies partly under later layers (the heart over the lung, the kidney
+    over the liver); a "lung" lesion centred in the heart was drawn with a lung lesion's
+    values in blood and could not be seen. Before the check 20 of 249 held-out CT lesions
+    were centred outside their organ's tissue."""
+    lesions = 0
+    for case in range(60):
+        patient = sample_patient(np.random.default_rng(case))
+        for lesion in patient.lesions:
+            assert patient.tissues(lesion.center_mm[None])[0] == ORGAN_TISSUE[lesion.organ]
+            lesions += 1
+    assert lesions > 60
