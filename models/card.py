@@ -35,8 +35,8 @@ LABELS = {"lesion_sensitivity": "lesion sensitivity, all lesions",
 LATENCY_ROUNDS, LATENCY_PAUSE_S = 6, 2.0
 
 
-def slice_latency_ms(onnx_path: Path, threads: int = 2, rounds: int = LATENCY_ROUNDS,
-                     pause_s: float = LATENCY_PAUSE_S) -> tuple[float, float, float]:
+def slice_latency_ms(onnx_path: Path, rounds: int, pause_s: float,
+                     threads: int = 2) -> tuple[float, float, float]:
     """ONNX Runtime CPU time for one network input (batch 1), after warm-up, timed as the
     backends benchmark times it, in `rounds` rounds `pause_s` apart: (the median of the
     rounds' medians, the lowest, the highest). On shared cores a whole round can run at

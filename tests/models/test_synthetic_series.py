@@ -117,9 +117,9 @@ def test_mr_tissues_vary_between_patients_about_their_weighting_s_values():
 
 def test_every_lesion_is_centred_in_the_tissue_of_the_organ_it_is_recorded_in():
     """An organ's shape lies partly under later layers (the heart over the lung, the kidney
-    over the liver); a "lung" lesion centred in the heart was drawn with a lung lesion's
-    values in blood and could not be seen. Before the check 20 of 249 held-out CT lesions
-    were centred outside their organ's tissue."""
+    over the liver); a "lung" nodule of 39 mm centred in the mediastinum had the
+    mediastinum's density and could not be seen. Before the check 20 of 249 held-out CT
+    lesions were centred outside their organ's tissue."""
     lesions = 0
     for case in range(60):
         patient = sample_patient(np.random.default_rng(case))
