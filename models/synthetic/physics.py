@@ -23,7 +23,6 @@ T = Tissue
 class Appearance:
     modality: str
     tissue: dict                   # Tissue -> value (HU, MR signal fraction, SUV)
-    organ_of: dict                 # lesion organ name -> Tissue it sits in
     texture: float                 # organ heterogeneity amplitude, in value units
     blur_mm: float                 # Gaussian sigma of the in-plane point spread
     noise: float                   # CT: HU sigma; MR: fraction of liver signal; PET: counts
@@ -61,7 +60,7 @@ def _ct(rng, waves) -> Appearance:
               T.DISC: 85}
     tissue = _jitter(rng, tissue, 0.08)
     tissue[T.AIR] = -1000.0
-    return Appearance("CT", tissue, ORGAN_TISSUE, texture=rng.uniform(3, 9),
+    return Appearance("CT", tissue, texture=rng.uniform(3, 9),
                       blur_mm=rng.uniform(0.35, 0.8), noise=rng.uniform(7, 22), waves=waves)
 
 
@@ -80,7 +79,7 @@ def _mr(rng, waves) -> Appearance:
                   T.BLADDER: 1.0, T.DISC: 0.6}
     tissue = {k: max(0.0, float(v)) for k, v in _jitter(rng, tissue, 0.1, floor=0.05).items()}
     tissue[T.AIR] = tissue[T.GAS] = 0.0
-    return Appearance("MR", tissue, ORGAN_TISSUE, texture=rng.uniform(0.01, 0.04),
+    return Appearance("MR", tissue, texture=rng.uniform(0.01, 0.04),
                       blur_mm=rng.uniform(0.4, 1.0), noise=rng.uniform(0.015, 0.05),
                       scale=float(rng.uniform(150, 3000)), bias=rng.uniform(0.05, 0.3),
                       weighting=weighting, fat_suppressed=fatsat, waves=waves)
@@ -93,14 +92,14 @@ def _pet(rng, waves) -> Appearance:
               T.VESSEL: rng.uniform(1.4, 2.2), T.GAS: 0.05, T.CSF: 0.3,
               T.BLADDER: rng.uniform(5, 40), T.DISC: 0.5}
     tissue = {k: max(0.0, float(v)) for k, v in _jitter(rng, tissue, 0.05).items()}
-    return Appearance("PT", tissue, ORGAN_TISSUE, texture=rng.uniform(0.05, 0.2),
+    return Appearance("PT", tissue, texture=rng.uniform(0.05, 0.2),
                       blur_mm=rng.uniform(5.0, 8.0) / 2.355, noise=rng.uniform(6, 25),
                       waves=waves)
 
 
 def lesion_values(lesion: Lesion, a: Appearance) -> tuple[float, float]:
     """(value of the lesion, value of its core) in the modality's units."""
-    host = a.tissue[a.organ_of[lesion.organ]]
+    host = a.tissue[ORGAN_TISSUE[lesion.organ]]
     s = lesion.strength
     if a.modality == "CT":
         if lesion.organ == "lung":
