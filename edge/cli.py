@@ -110,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--steps-per-epoch", type=int, default=100)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--crop", type=int, help="training crop (default per modality)")
+    train.add_argument("--input-size", type=int, metavar="PIXELS",
+                       help="network input, pixels a side (default per modality, or the "
+                            "fine-tuned model's)")
+    train.add_argument("--pixel-mm", type=float, metavar="MM",
+                       help="pixel spacing each slice is resampled to (default per "
+                            "modality, or the fine-tuned model's)")
     train.add_argument("--learning-rate", type=float, default=2e-3)
     train.add_argument("--base-channels", type=int, default=8)
     train.add_argument("--depth", type=int, default=5)
@@ -277,7 +283,8 @@ def _train(args: argparse.Namespace) -> int:
         modality=args.modality, data=tuple(args.data), out=args.out,
         network=NetworkConfig(base_channels=args.base_channels, depth=args.depth),
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        crop=args.crop, learning_rate=args.learning_rate, seed=args.seed, device=args.device,
+        crop=args.crop, input_size=args.input_size, pixel_mm=args.pixel_mm,
+        learning_rate=args.learning_rate, seed=args.seed, device=args.device,
         workers=args.workers, init_encoder=args.init_encoder, init_weights=args.init_weights,
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
         balance_lesions_mm2=args.balance_lesions_mm2, mr_weighting=args.mr_weighting,

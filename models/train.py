@@ -57,6 +57,8 @@ class TrainConfig:
     steps_per_epoch: int = 100
     batch_size: int = 16
     crop: int | None = None
+    input_size: int | None = None        # network input, pixels a side (default per modality,
+    pixel_mm: float | None = None        # ... or the fine-tuned model's); its pixel spacing
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     positive_fraction: float = 0.5
@@ -101,6 +103,10 @@ def train(config: TrainConfig) -> Path | None:
                        intensity=replace(start_from.spec.intensity,   # the input it learned on,
                                          weighting=start_from.spec.intensity.weighting
                                          or spec.intensity.weighting))  # perhaps widened
+    if resumed is None and (config.input_size or config.pixel_mm):    # another input grid
+        spec = replace(spec, size=config.input_size or spec.size,
+                       spacing_mm=config.pixel_mm or spec.spacing_mm)
+        spec.validate(f"{config.modality} training")
     cases = find_cases(config.data, config.modality, config.tumour_labels)
     train_cases, val_cases = split_by_patient(cases, config.val_fraction)
     spec = replace(spec, training_data={

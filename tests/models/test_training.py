@@ -181,6 +181,24 @@ def test_fine_tuning_starts_from_every_weight_and_the_network_size_of_the_checkp
     assert len(target.history) == 1                # a fresh run, not the source's epochs
 
 
+def test_fine_tuning_can_move_a_model_to_a_finer_input_grid(pet_cases, tmp_path):
+    """A U-Net's weights do not depend on the input's size: a model trained at 16 mm
+    pixels starts the fine-tune at 8 mm with every weight it had, and its spec says so."""
+    train(tiny_config(pet_cases, tmp_path / "coarse", epochs=1))
+    coarse = load_checkpoint(tmp_path / "coarse" / "model.pt")
+    train(tiny_config(pet_cases, tmp_path / "fine", epochs=1, learning_rate=0.0,
+                      init_weights=tmp_path / "coarse" / "model.pt",
+                      input_size=64, pixel_mm=8.0))
+    fine = load_checkpoint(tmp_path / "fine" / "last.pt")
+    assert (coarse.spec.size, coarse.spec.spacing_mm) == (32, 16.0)
+    assert (fine.spec.size, fine.spec.spacing_mm) == (64, 8.0)
+    assert fine.spec.intensity == coarse.spec.intensity
+    for key, value in coarse.state.items():
+        if "running" not in key and "num_batches" not in key:
+            assert torch.equal(fine.state[key], value), key
+    assert prepare(DicomCase(pet_cases[0]), fine.spec).images.shape[-2:] == (64, 64)
+
+
 def test_a_resumed_fine_tune_goes_on_with_its_own_network_and_source(pet_cases, tmp_path):
     wider = NetworkConfig(base_channels=6, depth=2, max_channels=16)
     train(tiny_config(pet_cases, tmp_path / "source", epochs=1, network=wider))
