@@ -137,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="weigh each lesion on a slice smaller than AREA mm2 in the "
                             "cross-entropy as if it had that area (at most 25x; default 0: "
                             "every lesion voxel weighs the same)")
+    train.add_argument("--sample-by-lesion", action="store_true",
+                       help="centre positive crops on each lesion as often as on any other "
+                            "(default: on lesion voxels, so large lesions most often)")
     train.add_argument("--mr-weighting", action="store_true",
                        help="MR: give the network a second input channel saying whether "
                             "the echo and repetition times weight a slice by T1 or T2")
@@ -287,7 +290,8 @@ def _train(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate, seed=args.seed, device=args.device,
         workers=args.workers, init_encoder=args.init_encoder, init_weights=args.init_weights,
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
-        balance_lesions_mm2=args.balance_lesions_mm2, mr_weighting=args.mr_weighting,
+        balance_lesions_mm2=args.balance_lesions_mm2, sample_by_lesion=args.sample_by_lesion,
+        mr_weighting=args.mr_weighting,
         tumour_labels=tuple(args.tumour_labels) if args.tumour_labels else None))
     if best is not None:
         print(f"best model: {best}")

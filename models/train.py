@@ -6,7 +6,8 @@ slice-level tumour head. Both Dice and plain cross-entropy count voxels, so on a
 weighs each lesion on a slice smaller than that area as if it had it (`lesion_weights`).
 Transfer learning: `init_encoder` copies another model's encoder (CT into PET, say);
 `init_weights` starts from every weight of a model of the same modality, to fine-tune it
-on more data. Sampling oversamples slices with lesions and crops around them; every
+on more data. Sampling oversamples slices with lesions and crops around them, each
+lesion in proportion to its volume or, with `sample_by_lesion`, each as often; every
 batch is augmented (`augment.py`). The validation split is by patient and depends on
 the case names only, so a fine-tuning never validates on its starting point's training
 cases (`split_by_patient`). Each epoch ends
@@ -73,6 +74,7 @@ class TrainConfig:
     tumour_labels: tuple[int, ...] | None = None
     augment: AugmentConfig = AugmentConfig()
     balance_lesions_mm2: float = 0.0     # 0: every lesion voxel weighs the same
+    sample_by_lesion: bool = False       # positive crops: each lesion as often (`Sampler`)
     mr_weighting: bool = False           # MR: a second input channel says T1 or T2
 
 
@@ -138,7 +140,7 @@ def train(config: TrainConfig) -> Path | None:
         _say(rank, f"resumed from {last} after epoch {start}")
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     sampler = Sampler(train_data, config.crop or DEFAULT_CROP[config.modality],
-                      config.positive_fraction, rng)
+                      config.positive_fraction, rng, by_lesion=config.sample_by_lesion)
     total = config.epochs * config.steps_per_epoch
     for epoch in range(start, config.epochs):
         frozen = epoch < config.freeze_encoder_epochs

@@ -117,3 +117,26 @@ def test_the_split_keeps_whole_patients_apart_whatever_the_seed_or_the_other_cas
     assert split_by_patient(list(reversed(cases)), 0.15)[1] == list(reversed(val))
     assert len(split_by_patient(cases[:2], 0.15)[1]) == 1       # a tiny set still validates
     assert split_by_patient(cases[:1], 0.15) == (cases[:1], [])
+
+
+def test_sampling_by_lesion_draws_a_small_lesion_as_often_as_a_large_one():
+    """A 3x3x1 lesion and a 15x15x5 one in a case: drawn by voxel, crops land on the small
+    one about 9 in 1134 times; drawn by lesion, about half the time. Crops stay on the grid
+    and keep image and mask aligned (the image is 1 on the small lesion, 2 on the large)."""
+    from models.data import CaseData, Sampler
+
+    image = np.zeros((6, 1, 64, 64), np.float16)
+    image[1, 0, 5:8, 5:8] = 1
+    image[0:5, 0, 30:45, 30:45] = 2
+    case = CaseData("case", image, (image[:, 0] > 0).astype(np.uint8))
+
+    def small_share(by_lesion: bool) -> float:
+        sampler = Sampler([case], crop=16, positive_fraction=1.0,
+                          rng=np.random.default_rng(0), by_lesion=by_lesion)
+        images, masks, tumour = sampler.batch(400)
+        assert images.shape == masks.shape == (400, 1, 16, 16) and tumour.min() == 1
+        assert np.array_equal(images > 0, masks > 0)
+        return float(np.mean(images.reshape(400, -1).max(axis=1) == 1))
+
+    assert small_share(by_lesion=False) < 0.05
+    assert 0.4 < small_share(by_lesion=True) < 0.6
