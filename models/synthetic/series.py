@@ -1,7 +1,7 @@
 """`scanside synth`: synthetic patients scanned as DICOM series, with ground truth.
 
-One folder per series: the DICOM files, `truth.json` (the lesions, in DESIGN.md's format
-plus their kind and organ) and `mask.npz` (lesion ids per voxel, slices in anatomical
+One folder per series: the DICOM files, `truth.json` (the lesions the series images, in
+DESIGN.md's format plus their kind and organ: `imaged_lesions`) and `mask.npz` (lesion ids per voxel, slices in anatomical
 order, with their SOPInstanceUIDs). Protocols and storage conventions vary per case like
 scanners and sites do: matrix and pixel size, slice thickness and gaps, patient position,
 table offsets, signed or unsigned storage and intercepts, transfer syntax, the order and
@@ -139,10 +139,26 @@ def write_case(modality: str, seed: int, index: int, out: Path) -> Path:
         ds.save_as(folder / _name(protocol, dicom_plane, modality, rng), enforce_file_format=True)
         labels.append(lesion_ids)
     order = np.argsort([p.position_mm @ np.cross(p.row_dir, p.col_dir) for p, _ in planes])
-    np.savez_compressed(folder / "mask.npz", labels=np.stack(labels)[order],
+    labels, imaged = imaged_lesions(np.stack(labels)[order])
+    np.savez_compressed(folder / "mask.npz", labels=labels,
                         sop_instance_uids=np.array([planes[i][1].sop_uid for i in order]))
-    _write_truth(folder, identity, patient, protocol, appearance, seed, index)
+    _write_truth(folder, identity, [patient.lesions[i] for i in imaged], protocol, appearance,
+                 seed, index)
     return folder
+
+
+def imaged_lesions(labels: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """(the lesion ids renumbered 1, 2, ... in the order of the lesions kept, the indices of
+    the lesions kept): a lesion is kept when at least one voxel of the mask is its, that is
+    when it fills at least half of a voxel's depth at a pixel centre. A lesion smaller than
+    a pixel, between two slices or beyond the scanned range is in the patient but not in
+    the series: left in truth.json, it would be a lesion that evaluation counts missed,
+    and training, from the mask, teaches is not there."""
+    present = np.unique(labels)
+    present = present[present > 0]
+    renumber = np.zeros(max(int(labels.max()), 0) + 1, labels.dtype)
+    renumber[present] = np.arange(1, len(present) + 1)
+    return renumber[labels], [int(i) - 1 for i in present]
 
 
 def _code(modality: str) -> int:
@@ -198,7 +214,7 @@ def _name(protocol: Protocol, plane: DicomPlane, modality: str, rng) -> str:
                                   f"{int(rng.integers(1 << 40)):010x}", mod=modality)
 
 
-def _write_truth(folder: Path, identity: SeriesIdentity, patient: Patient, protocol: Protocol,
+def _write_truth(folder: Path, identity: SeriesIdentity, lesions, protocol: Protocol,
                  appearance: Appearance, seed: int, index: int) -> None:
     truth = {
         "series_uid": identity.series_uid,
@@ -209,7 +225,7 @@ def _write_truth(folder: Path, identity: SeriesIdentity, patient: Patient, proto
             "volume_mm3": round(lesion.volume_mm3, 1),
             "kind": lesion.kind,
             "organ": lesion.organ,
-        } for lesion in patient.lesions],
+        } for lesion in lesions],
         "study_uid": identity.study_uid,
         "generator": {"seed": seed, "case": index, "position": protocol.position,
                       "pixel_mm": round(protocol.pixel_mm, 3),

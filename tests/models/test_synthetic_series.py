@@ -74,6 +74,20 @@ def test_each_lesion_centre_lies_in_its_mask_and_is_hotter_than_around_it(pet_ca
     assert checked >= 1
 
 
+def test_truth_lists_only_the_lesions_the_series_images_and_the_mask_numbers_them(tmp_path):
+    """PT seed 2 case 2 draws four lesions, and the first, 5 mm across, fills no voxel of
+    the mask; case 28 draws one lesion and images none of it. truth.json lists the lesions
+    the mask holds, and the mask's id k is truth's lesion k."""
+    from models.synthetic.series import write_case
+
+    for index, expected in ((2, 3), (28, 0)):
+        folder = write_case("PT", 2, index, tmp_path)
+        truth = json.loads((folder / "truth.json").read_text())
+        labels = np.load(folder / "mask.npz")["labels"]
+        assert len(truth["lesions"]) == expected
+        assert set(np.unique(labels)) - {0} == set(range(1, expected + 1))
+
+
 def test_the_same_seed_and_case_give_the_same_truth(tmp_path):
     from models.synthetic.series import write_case
 
