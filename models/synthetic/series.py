@@ -1,11 +1,11 @@
 """`scanside synth`: synthetic patients scanned as DICOM series, with ground truth.
 
 One folder per series: the DICOM files, `truth.json` (the lesions the series images, in
-DESIGN.md's format plus their kind and organ: `imaged_lesions`) and `mask.npz` (lesion ids per voxel, slices in anatomical
-order, with their SOPInstanceUIDs). Protocols and storage conventions vary per case like
-scanners and sites do: matrix and pixel size, slice thickness and gaps, patient position,
-table offsets, signed or unsigned storage and intercepts, transfer syntax, the order and
-names of the files.
+DESIGN.md's format plus their kind and organ: `imaged_lesions`) and `mask.npz` (lesion
+ids per voxel, slices in anatomical order, with their SOPInstanceUIDs). Protocols and
+storage conventions vary per case like scanners and sites do: matrix and pixel size,
+slice thickness and gaps, patient position, table offsets, signed or unsigned storage
+and intercepts, transfer syntax, the order and names of the files.
 """
 
 from __future__ import annotations
