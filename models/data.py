@@ -28,6 +28,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from edge.errors import DicomError, ModelError
+from edge.inference.postprocess import NEIGHBOURS
 from edge.inference.preprocess import preprocess, resample
 from edge.inference.spec import ModelSpec
 from edge.ingest.reader import read_file
@@ -301,7 +302,7 @@ class Sampler:
 
 def lesion_voxels(masks: np.ndarray) -> list[np.ndarray]:
     """Each lesion of a case's mask stack (slices, rows, columns), a 3D region connected
-    as `find_lesions` connects them, as the (slice, row, column) of its voxels."""
-    labels, _ = ndimage.label(masks, structure=np.ones((3, 3, 3), bool))
+    as `find_lesions` connects them (`NEIGHBOURS`), as the (slice, row, column) of its voxels."""
+    labels, _ = ndimage.label(masks, structure=NEIGHBOURS)
     return [np.argwhere(labels[box] == index) + [s.start for s in box]
             for index, box in enumerate(ndimage.find_objects(labels), start=1)]

@@ -36,6 +36,7 @@ from edge.inference.spec import LESION_FEATURES, ModelSpec
 from edge.values import Finding, SlicePrediction
 
 MAX_OUTLINE_POINTS = 96
+NEIGHBOURS = np.ones((3, 3, 3), bool)   # voxels touching by a face, edge or corner join
 RING = 3                # pixels around a candidate whose input its contrast is measured against
 
 
@@ -67,7 +68,7 @@ def candidate_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: 
     # lesions are small against a series, and labelling costs by the voxel.
     around = tuple(slice(*_extent(mask.any(axis=other)))
                    for other in ((1, 2), (0, 2), (0, 1)))
-    labels, count = ndimage.label(mask[around], structure=np.ones((3, 3, 3), bool))
+    labels, count = ndimage.label(mask[around], structure=NEIGHBOURS)
     voxel_mm3 = spec.spacing_mm**2 * slice_spacing_mm
     found = []
     for index, inner in enumerate(ndimage.find_objects(labels), start=1):

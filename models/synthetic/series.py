@@ -28,7 +28,7 @@ from pydicom.uid import (
 from tqdm import tqdm
 
 from edge.values import Patient as PatientIds
-from models.synthetic.anatomy import Patient, sample_patient
+from models.synthetic.anatomy import Lesion, Patient, sample_patient
 from models.synthetic.dicom import (
     MRSequence,
     SeriesIdentity,
@@ -156,7 +156,7 @@ def imaged_lesions(labels: np.ndarray) -> tuple[np.ndarray, list[int]]:
     and training, from the mask, teaches is not there."""
     present = np.unique(labels)
     present = present[present > 0]
-    renumber = np.zeros(max(int(labels.max()), 0) + 1, labels.dtype)
+    renumber = np.zeros(int(labels.max()) + 1, labels.dtype)
     renumber[present] = np.arange(1, len(present) + 1)
     return renumber[labels], [int(i) - 1 for i in present]
 
@@ -214,7 +214,7 @@ def _name(protocol: Protocol, plane: DicomPlane, modality: str, rng) -> str:
                                   f"{int(rng.integers(1 << 40)):010x}", mod=modality)
 
 
-def _write_truth(folder: Path, identity: SeriesIdentity, lesions, protocol: Protocol,
+def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], protocol: Protocol,
                  appearance: Appearance, seed: int, index: int) -> None:
     truth = {
         "series_uid": identity.series_uid,
