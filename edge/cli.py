@@ -298,21 +298,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _truth_series(data: list[Path]) -> list[Path]:
+    """The series folders with truth.json among `data`: each is one, or holds some."""
+    folders = sorted(f for root in data for f in (
+        [root] if (root / "truth.json").exists() else root.iterdir())
+        if (f / "truth.json").exists())
+    if not folders:
+        raise ScansideError(f"no series with truth.json under {', '.join(map(str, data))}")
+    return folders
+
+
 def _eval(args: argparse.Namespace) -> int:
     _needs_torch("eval")
     from edge.inference.zoo import DEFAULT_ZOO, model_file
     from models.evaluate import evaluate, write_report
     from models.torch_backend import TorchBackend
 
-    folders = sorted(f for root in args.data for f in (
-        [root] if (root / "truth.json").exists() else root.iterdir())
-        if (f / "truth.json").exists())
     by_modality: dict[str, list[Path]] = {}
-    for folder in folders:
+    for folder in _truth_series(args.data):
         modality = json.loads((folder / "truth.json").read_text())["modality"]
         by_modality.setdefault(modality, []).append(folder)
-    if not by_modality:
-        raise ScansideError(f"no series with truth.json under {', '.join(map(str, args.data))}")
     results = {}
     for modality, group in sorted(by_modality.items()):
         checkpoint = args.model or model_file(args.zoo or DEFAULT_ZOO, modality, "model.pt")
@@ -332,8 +337,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from models.calibrate import calibrate
     from models.torch_backend import TorchBackend
 
-    folders = sorted(f for root in args.data for f in root.iterdir()
-                     if (f / "truth.json").exists())
+    folders = _truth_series(args.data)
     with TorchBackend(args.model) as backend:
         report = calibrate(folders, args.model, args.out, backend, args.max_fp,
                            args.min_specificity)

@@ -120,3 +120,22 @@ def test_each_series_is_scored_by_a_classifier_that_never_saw_it():
         assert own == fit_classifier(others, SPEC)
         assert own != fit_classifier(runs, SPEC)
     assert len({id(c) for c in crossed}) == 3
+
+
+def test_the_command_takes_series_folders_or_folders_of_them_and_names_one_without_any(
+        tiny_zoo, pet_cases, tmp_path):
+    from tests.edge.test_inspect import scanside
+
+    source = tiny_zoo / "PT" / "model.pt"
+    for n, data in enumerate(([str(pet_cases[0].parent)], [str(f) for f in pet_cases])):
+        result = scanside("calibrate", "--data", *data, "--model", str(source),
+                          "--out", str(tmp_path / f"{n}.pt"))
+        assert result.returncode == 0, result.stderr
+        calibration = load_checkpoint(tmp_path / f"{n}.pt").spec.training_data["calibration"]
+        assert calibration["series"] == len(pet_cases)
+    (tmp_path / "empty").mkdir()
+    result = scanside("calibrate", "--data", str(tmp_path / "empty"), "--model", str(source),
+                      "--out", str(tmp_path / "2.pt"))
+    assert result.returncode != 0 and not (tmp_path / "2.pt").exists()
+    assert f"no series with truth.json under {tmp_path / 'empty'}" in result.stderr
+    assert "Traceback" not in result.stderr
