@@ -166,6 +166,17 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--min-specificity", type=float, default=0.9)
     calibrate.set_defaults(handler=_calibrate)
 
+    average = commands.add_parser(
+        "average", help="average the weights of a model and a fine-tune of it",
+        description="(1 - W) x FIRST + W x SECOND, weight by weight: one network's cost, "
+                    "often better than either. The models must share their network and "
+                    "input; the result keeps FIRST's spec, so calibrate it again.")
+    average.add_argument("first", type=Path)
+    average.add_argument("second", type=Path)
+    average.add_argument("--weight", type=float, default=0.5, help="SECOND's share")
+    average.add_argument("--out", type=Path, required=True, help="averaged checkpoint")
+    average.set_defaults(handler=_average)
+
     export = commands.add_parser("export", help="ONNX, FP16 ONNX, TensorRT engine, Triton")
     steps = export.add_subparsers(dest="step", required=True, metavar="STEP")
     step = steps.add_parser("onnx", help="checkpoint -> ONNX FP32, parity against torch "
@@ -343,6 +354,16 @@ def _calibrate(args: argparse.Namespace) -> int:
                            args.min_specificity)
     print(json.dumps(report["chosen"], indent=2))
     print(f"calibrated model: {args.out}")
+    return 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    _needs_torch("average")
+    from models.checkpoint import average_checkpoints, save_checkpoint
+
+    save_checkpoint(args.out, average_checkpoints(args.first, args.second, args.weight),
+                    slim=True)
+    print(f"averaged model: {args.out} (calibrate it before use)")
     return 0
 
 

@@ -7,7 +7,7 @@ epoch, the history and the random states, for `scanside train --resume`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -59,3 +59,25 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
                       ModelSpec.from_json(data["spec"], str(path)), data["state"],
                       data.get("epoch", 0), data.get("optimizer"), data.get("history", []),
                       data.get("random_state"))
+
+
+def average_checkpoints(first: Path, second: Path, weight: float = 0.5) -> Checkpoint:
+    """(1 - weight) x `first` + weight x `second`, weight by weight, BatchNorm statistics
+    included: weight-space ensembling of a fine-tune with the model it started from (or of
+    two fine-tunes of one model), one network's cost at inference. Models trained apart
+    do not average into a working one. The spec is `first`'s (recalibrate the result);
+    ModelError when the two differ in network or input."""
+    if not 0.0 <= weight <= 1.0:
+        raise ModelError(f"averaging weight {weight}: expected a number from 0 to 1")
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    if a.network != b.network:
+        raise ModelError(f"{second}: network {b.network} differs from {first}'s {a.network}")
+    for field_name in ("modality", "size", "spacing_mm", "intensity"):
+        if getattr(a.spec, field_name) != getattr(b.spec, field_name):
+            raise ModelError(f"{second}: spec {field_name} {getattr(b.spec, field_name)!r} "
+                             f"differs from {first}'s {getattr(a.spec, field_name)!r}")
+    state = {name: value * (1 - weight) + b.state[name] * weight if value.is_floating_point()
+             else value for name, value in a.state.items()}
+    spec = replace(a.spec, training_data={**a.spec.training_data, "averaged": {
+        "models": [str(first), str(second)], "weight": weight}})
+    return Checkpoint(a.network, spec, state)
