@@ -120,6 +120,12 @@ def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> st
     fine_tuned = (f"\n- Fine-tuned: every weight started from `{data['fine_tuned_from']}`; the "
                   "epochs and curves below are the fine-tuning's." if "fine_tuned_from" in data
                   else "")
+    if "averaged" in data:
+        first, second = data["averaged"]["models"]
+        share = data["averaged"]["weight"]
+        fine_tuned += (f"\n- Averaged (`scanside average`): {1 - share:g} x `{first}` + "
+                       f"{share:g} x `{second}`, weight by weight; the data, seed, epochs "
+                       "and curves here are the first model's.")
     by_weighting = "".join(
         f"\n- {w}: {g['series']} series, {g['lesions']} lesions; sensitivity "
         f"{g['lesion_sensitivity']:.3f} ({g['lesion_sensitivity_10mm_or_more']:.3f} >= 10 mm) "

@@ -57,3 +57,11 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     save_checkpoint(entry / "model.pt", checkpoint, slim=True)
     text = card(entry, "scanside train --init-weights models/zoo/PT/model.pt", heldout_seed=77)
     assert "- Fine-tuned: every weight started from `models/zoo/PT/model.pt`" in text
+
+    checkpoint.spec = replace(checkpoint.spec, training_data={     # averaged with another
+        **checkpoint.spec.training_data,
+        "averaged": {"models": ["models/zoo/PT/model.pt", "runs/b/model.pt"], "weight": 0.25}})
+    save_checkpoint(entry / "model.pt", checkpoint, slim=True)
+    text = " ".join(card(entry, "scanside average a b --out c", heldout_seed=77).split())
+    assert ("- Averaged (`scanside average`): 0.75 x `models/zoo/PT/model.pt` + 0.25 x "
+            "`runs/b/model.pt`, weight by weight;") in text
