@@ -27,6 +27,7 @@ from pydicom.uid import (
 )
 from tqdm import tqdm
 
+from edge.errors import ScansideError
 from edge.values import Patient as PatientIds
 from models.synthetic.anatomy import Lesion, Patient, sample_patient
 from models.synthetic.dicom import (
@@ -101,9 +102,18 @@ def sample_protocol(modality: str, rng: np.random.Generator) -> Protocol:
 
 def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1,
                first_case: int = 0) -> list[Path]:
-    """Write `cases` series; case k uses the random stream (seed, k) whoever runs it."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write `cases` series; case k uses the random stream (seed, k) whoever runs it.
+    ScansideError, before anything is written, when a series' folder already holds files:
+    synthesised again, a series gets new UIDs and often new file names, and the old
+    files would stay in its folder as a second series."""
     indices = range(first_case, first_case + cases)
+    folders = [series_folder(out, modality, seed, k) for k in indices]
+    taken = [folder for folder in folders if folder.is_dir() and any(folder.iterdir())]
+    if taken:
+        raise ScansideError(f"{taken[0]}: already holds files ({len(taken)} of the {cases} "
+                            "series folders do); synthesise into an empty folder, or move "
+                            "the old series away first")
+    out.mkdir(parents=True, exist_ok=True)
     done = []
     bar = tqdm(total=cases, desc=f"synth {modality}", unit="series")
     if workers <= 1:
@@ -120,13 +130,17 @@ def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1
     return sorted(done)
 
 
+def series_folder(out: Path, modality: str, seed: int, index: int) -> Path:
+    return out / f"{modality}-{seed}-{index:04d}"
+
+
 def write_case(modality: str, seed: int, index: int, out: Path) -> Path:
     """Draw, render and write one series; returns its folder."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, _code(modality)]))
     patient = sample_patient(rng)
     appearance = sample_appearance(modality, rng)
     protocol = sample_protocol(modality, rng)
-    folder = out / f"{modality}-{seed}-{index:04d}"
+    folder = series_folder(out, modality, seed, index)
     folder.mkdir(parents=True, exist_ok=True)
     identity, planes = _plan(modality, patient, appearance, protocol, rng,
                              f"{modality}-{seed}-{index:04d}")

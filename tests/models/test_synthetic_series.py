@@ -141,3 +141,20 @@ def test_every_lesion_is_centred_in_the_tissue_of_the_organ_it_is_recorded_in():
             assert patient.tissues(lesion.center_mm[None])[0] == ORGAN_TISSUE[lesion.organ]
             lesions += 1
     assert lesions > 60
+
+
+def test_synthesis_never_writes_into_a_series_folder_that_holds_files(tmp_path):
+    """Synthesised again, a series gets new UIDs (and, named by UID, new files): the old
+    files would stay in its folder as a second series. Nothing is written then; the next
+    cases still go beside the old ones."""
+    from edge.errors import ScansideError
+    from models.synthetic.series import synthesize
+
+    (first,) = synthesize("PT", 1, seed=12, out=tmp_path)
+    before = sorted(f.name for f in first.iterdir())
+    with pytest.raises(ScansideError, match=rf"{first}: already holds files \(1 of the 2 "):
+        synthesize("PT", 2, seed=12, out=tmp_path)
+    assert sorted(f.name for f in first.iterdir()) == before
+    assert [f.name for f in tmp_path.iterdir()] == [first.name]
+    (second,) = synthesize("PT", 1, seed=12, out=tmp_path, first_case=1)
+    assert second.name == "PT-12-0001"
