@@ -311,6 +311,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _truth_series(data: list[Path]) -> list[Path]:
     """The series folders with truth.json among `data`: each is one, or holds some."""
+    for root in data:
+        if not root.is_dir():
+            raise ScansideError(f"{root}: no such folder")
     folders = sorted(f for root in data for f in (
         [root] if (root / "truth.json").exists() else root.iterdir())
         if (f / "truth.json").exists())

@@ -142,8 +142,7 @@ def write_case(modality: str, seed: int, index: int, out: Path) -> Path:
     protocol = sample_protocol(modality, rng)
     folder = series_folder(out, modality, seed, index)
     folder.mkdir(parents=True, exist_ok=True)
-    identity, planes = _plan(modality, patient, appearance, protocol, rng,
-                             f"{modality}-{seed}-{index:04d}")
+    identity, planes = _plan(modality, patient, appearance, protocol, rng, folder.name)
     labels = []
     for plane, dicom_plane in planes:
         values, lesion_ids = render(patient, appearance, plane, rng)

@@ -122,7 +122,7 @@ def test_each_series_is_scored_by_a_classifier_that_never_saw_it():
     assert len({id(c) for c in crossed}) == 3
 
 
-def test_the_command_takes_series_folders_or_folders_of_them_and_names_one_without_any(
+def test_the_command_takes_series_folders_or_folders_of_them_and_names_a_bad_one(
         tiny_zoo, pet_cases, tmp_path):
     from tests.edge.test_inspect import scanside
 
@@ -138,4 +138,8 @@ def test_the_command_takes_series_folders_or_folders_of_them_and_names_one_witho
                       "--out", str(tmp_path / "2.pt"))
     assert result.returncode != 0 and not (tmp_path / "2.pt").exists()
     assert f"no series with truth.json under {tmp_path / 'empty'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = scanside("calibrate", "--data", str(tmp_path / "nowhere"), "--model", str(source),
+                      "--out", str(tmp_path / "2.pt"))
+    assert f"{tmp_path / 'nowhere'}: no such folder" in result.stderr
     assert "Traceback" not in result.stderr
