@@ -169,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     average = commands.add_parser(
         "average", help="average the weights of a model and a fine-tune of it",
         description="(1 - W) x FIRST + W x SECOND, weight by weight: one network's cost, "
-                    "often better than either. The models must share their network and "
+                    "and it can do better than either. The models must share their network and "
                     "input; the result keeps FIRST's spec, so calibrate it again.")
     average.add_argument("first", type=Path)
     average.add_argument("second", type=Path)

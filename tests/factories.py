@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -181,3 +183,9 @@ def pydicom_sample_files() -> list[Path]:
 def copy_to(source: Path, folder: Path, name: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copy(source, folder / (name or source.name)))
+
+
+def scanside(*args: str) -> subprocess.CompletedProcess:
+    """The `scanside` command line, run as a user would (python -m edge)."""
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True,
+                          text=True, timeout=120)

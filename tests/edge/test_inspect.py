@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.factories import tiny_series, truncate
-
-
-def scanside(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True,
-                          text=True, timeout=120)
+from tests.factories import scanside, tiny_series, truncate
 
 
 @pytest.fixture

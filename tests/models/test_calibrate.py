@@ -20,6 +20,7 @@ from models.calibrate import (
 from models.checkpoint import load_checkpoint
 from models.torch_backend import TorchBackend
 from tests.edge.test_postprocess import SPEC, predictions, series
+from tests.factories import scanside
 
 
 def row(d, v, sens10, sens, fp, spec):
@@ -124,8 +125,6 @@ def test_each_series_is_scored_by_a_classifier_that_never_saw_it():
 
 def test_the_command_takes_series_folders_or_folders_of_them_and_names_a_bad_one(
         tiny_zoo, pet_cases, tmp_path):
-    from tests.edge.test_inspect import scanside
-
     source = tiny_zoo / "PT" / "model.pt"
     for n, data in enumerate(([str(pet_cases[0].parent)], [str(f) for f in pet_cases])):
         result = scanside("calibrate", "--data", *data, "--model", str(source),

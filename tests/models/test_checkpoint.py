@@ -10,8 +10,7 @@ import torch
 from edge.errors import ModelError
 from models.checkpoint import Checkpoint, average_checkpoints, load_checkpoint, save_checkpoint
 from models.network import TINY, DetectionNet
-from tests.edge.test_inspect import scanside
-from tests.factories import TINY_PET
+from tests.factories import TINY_PET, scanside
 
 
 def saved(path, seed, network=TINY, spec=TINY_PET):
