@@ -10,6 +10,7 @@ reason.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from edge.simulator import play
+from edge.state import DB_NAME
 from tests.appliance import watch
 from tests.factories import tiny_series
 from tests.mqtt import needs_mosquitto
@@ -57,6 +59,19 @@ def fill(folder: Path) -> Path:
 def page_health(port: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=10) as reply:
         return json.loads(reply.read())["health"]
+
+
+def wait_until_recorded_sent(state: Path, timeout: float = 30) -> None:
+    """Wait until the outbox records every message as acknowledged. A subscriber can hold
+    a result before the appliance has the broker's acknowledgement on disk; a fault in that
+    window rightly sends the result again after the restart (at least once)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{state / DB_NAME}?mode=ro", uri=True) as conn:
+            if not conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the outbox in {state} still holds unsent messages after {timeout} s")
 
 
 def send(app, tmp_path, name: str) -> str:
@@ -129,6 +144,7 @@ def test_a_state_directory_turned_read_only_degrades_and_resumes_after_repair(
         first = send(app, tmp_path, "before")
         subscriber.wait_for(lambda s: {r["series_uid"] for r in s.on("/results")} == {first},
                             60)
+        wait_until_recorded_sent(state)
         Path(f"/sys/fs/ext4/{device}/trigger_fs_error").write_text("scanside test\n")
         second = send(app, tmp_path, "during")
         subscriber.wait_for(lambda s: s.on("/status")[-1]["state"] == "degraded", 30)
