@@ -78,7 +78,8 @@ def candidate_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: 
         volume = float(component.sum()) * voxel_mm3
         if volume < spec.thresholds.min_volume_mm3:
             continue
-        measures = _measures(component, box, probabilities, heads, images, voxel_mm3)
+        measures = _measures(component, box, probabilities, heads, images, voxel_mm3,
+                             slice_spacing_mm)
         if spec.thresholds.lesion_score == "classifier":
             probability = spec.lesion_classifier.probability(measures)
         else:
@@ -102,15 +103,19 @@ def _logit(p: float) -> float:
 
 
 def _measures(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,
-              heads: np.ndarray, images: np.ndarray | None, voxel_mm3: float) -> dict:
+              heads: np.ndarray, images: np.ndarray | None, voxel_mm3: float,
+              slice_spacing_mm: float) -> dict:
     """A candidate lesion's LESION_FEATURES."""
     pixels = probabilities[box][component]
     span = heads[box[0]]
+    depth_mm = component.shape[0] * slice_spacing_mm
+    cross_section_mm = 2 * np.sqrt(component.sum() * voxel_mm3 / depth_mm / np.pi)
     measures = {
         "peak_logit": _logit(pixels.max()), "mean_logit": _logit(pixels.mean()),
         "log_soft_volume": float(np.log1p(pixels.sum() * voxel_mm3)),
         "log_volume": float(np.log(component.sum() * voxel_mm3)),
         "slices": float(component.shape[0]),
+        "log_depth_ratio": float(np.log(depth_mm / cross_section_mm)),
         "head_max_logit": _logit(span.max()), "head_mean_logit": _logit(span.mean()),
         "saturated": float((pixels >= 0.99).mean()),
     }

@@ -24,6 +24,8 @@ LESION_FEATURES = (
     "log_soft_volume",   # log(1 + sum of its pixel probabilities x voxel volume in mm3)
     "log_volume",        # log of its volume in mm3
     "slices",            # how many slices it spans
+    "log_depth_ratio",   # log of its depth in mm (slices x slice spacing) over the diameter
+                         # of its mean cross-section: a flat one-slice spot is well below 0
     "head_max_logit",    # logit of the slice head's highest probability over those slices
     "head_mean_logit",   # logit of the slice head's mean probability over them
     "saturated",         # fraction of its pixels at probability >= 0.99

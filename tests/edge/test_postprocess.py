@@ -202,6 +202,15 @@ def test_a_candidates_measures_say_its_size_slices_probabilities_and_contrast():
     assert set(measures) == set(LESION_FEATURES)
 
 
+def test_a_round_candidate_is_as_deep_as_wide_and_the_same_voxels_in_thinner_slices_flatter():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    maps = predictions(headers, [((15, 15, 20.0), 6.0, 0.9)])
+    ((_, round_one),) = candidate_lesions(maps, 1.0, SPEC)
+    ((_, flat_one),) = candidate_lesions(maps, 0.25, SPEC)
+    assert round_one["log_depth_ratio"] == pytest.approx(0.0, abs=0.15)
+    assert round_one["log_depth_ratio"] - flat_one["log_depth_ratio"] == pytest.approx(np.log(4))
+
+
 def test_the_classifier_without_the_network_input_is_an_error_not_a_silent_score():
     headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
     with pytest.raises(ValueError, match="network input"):
