@@ -14,6 +14,7 @@ import json
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def _parity_line(path: Path) -> str:
             f"found; Dice {r['dice_reference']:.4f} -> {r['dice_candidate']:.4f}")
 
 
-def card(folder: Path, command: str, heldout_seed: int, remarks: str = "") -> str:
+def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str = "") -> str:
     from benchmarks.common import machine
 
     checkpoint = load_checkpoint(folder / "model.pt")
@@ -178,7 +179,7 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
 
 On {evaluation['series']} held-out synthetic series ({evaluation['positive_series']} with
 lesions; {evaluation['lesions']} lesions, {evaluation['lesions_10mm_or_more']} of them
->= 10 mm) generated with seed {heldout_seed}, which no training or calibration set used.
+>= 10 mm) generated with {_seeds(heldout_seeds)}, which no training or calibration set used.
 A hit is a finding whose centre lies within max(5 mm, 0.75 x diameter) of the lesion's.
 
 | figure | value | target (issue 3) |
@@ -198,6 +199,11 @@ listed in `eval/eval.json` with its size, shape, organ and conspicuity.
 """ + (f"\n## Known weaknesses\n\n{remarks.strip()}\n" if remarks.strip() else "")
 
 
+def _seeds(seeds: Sequence[int]) -> str:
+    *first, last = seeds
+    return f"seeds {', '.join(map(str, first))} and {last}" if first else f"seed {last}"
+
+
 def _conspicuity_line(evaluation: dict) -> str:
     """Sensitivity per band of conspicuity (how far a lesion stands out in the network
     input, `models.evaluate.conspicuity`), where the evaluation measured it."""
@@ -215,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.card", description=__doc__)
     parser.add_argument("folder", type=Path, help="a zoo entry, e.g. models/zoo/CT")
     parser.add_argument("--command", required=True, help="the training command")
-    parser.add_argument("--heldout-seed", type=int, required=True,
-                        help="the `scanside synth` seed of the held-out evaluation set")
+    parser.add_argument("--heldout-seed", type=int, nargs="+", required=True,
+                        help="the `scanside synth` seed(s) of the held-out evaluation set, "
+                             "all of whose series the evaluation pooled")
     parser.add_argument("--remarks", default="",
                         help="what the figures do not say: why a target is missed, say")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
         write_report({"PT": evaluate(pet_cases, backend)}, entry / "eval")
     figures = json.loads((entry / "eval" / "eval.json").read_text())["PT"]
 
-    text = card(entry, "scanside train --data d --modality PT --out r", heldout_seed=77)
+    text = card(entry, "scanside train --data d --modality PT --out r", heldout_seeds=[77])
 
     assert "Not for clinical use" in text and "scanside train --data d" in text
     assert "generated with seed 77" in text
@@ -47,7 +47,8 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     evaluation = json.loads((entry / "eval" / "eval.json").read_text())   # as an MR set has
     evaluation["PT"]["by_mr_weighting"] = {"T1": {**figures, "lesion_sensitivity": 0.25}}
     (entry / "eval" / "eval.json").write_text(json.dumps(evaluation))
-    text = card(entry, "scanside train --data d --modality PT --out r", heldout_seed=77)
+    text = card(entry, "scanside train --data d --modality PT --out r", heldout_seeds=[77, 78])
+    assert "generated with seeds 77 and 78, which no training" in " ".join(text.split())
     assert (f"- T1: {figures['series']} series, {figures['lesions']} lesions; "
             "sensitivity 0.250") in text
 
@@ -55,13 +56,13 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     checkpoint.spec = replace(checkpoint.spec, training_data={
         **checkpoint.spec.training_data, "fine_tuned_from": "models/zoo/PT/model.pt"})
     save_checkpoint(entry / "model.pt", checkpoint, slim=True)
-    text = card(entry, "scanside train --init-weights models/zoo/PT/model.pt", heldout_seed=77)
+    text = card(entry, "scanside train --init-weights models/zoo/PT/model.pt", heldout_seeds=[77])
     assert "- Fine-tuned: every weight started from `models/zoo/PT/model.pt`" in text
 
     checkpoint.spec = replace(checkpoint.spec, training_data={     # averaged with another
         **checkpoint.spec.training_data,
         "averaged": {"models": ["models/zoo/PT/model.pt", "runs/b/model.pt"], "weight": 0.25}})
     save_checkpoint(entry / "model.pt", checkpoint, slim=True)
-    text = " ".join(card(entry, "scanside average a b --out c", heldout_seed=77).split())
+    text = " ".join(card(entry, "scanside average a b --out c", heldout_seeds=[77]).split())
     assert ("- Averaged (`scanside average`): 0.75 x `models/zoo/PT/model.pt` + 0.25 x "
             "`runs/b/model.pt`, weight by weight;") in text
