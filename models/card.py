@@ -135,6 +135,16 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         for w, g in evaluation.get("by_mr_weighting", {}).items())
     if by_weighting:
         by_weighting = "\nBy weighting, as each series' tags give it:\n" + by_weighting + "\n"
+    by_set = "".join(
+        f"\n- `{source}`: {g['series']} series, {g['lesions']} lesions "
+        f"({g['lesions_10mm_or_more']} >= 10 mm); sensitivity {g['lesion_sensitivity']:.3f} "
+        f"({g['lesion_sensitivity_10mm_or_more']:.3f} >= 10 mm) at "
+        f"{g['false_positives_per_scan']:.3f} false positives per scan; specificity "
+        f"{g['series_specificity']:.3f} over {g['series'] - g['positive_series']} series "
+        "without a lesion"
+        for source, g in evaluation.get("by_source", {}).items())
+    if by_set:
+        by_weighting += "\nEach held-out set on its own:\n" + by_set + "\n"
     intensity = spec.intensity
     details = f", windows {list(intensity.windows)}" if intensity.windows else ""
     if intensity.weighting:

@@ -79,6 +79,7 @@ class CaseResult:
                                               # the findings); the FROC walks down these
     mr_weighting: str = ""                    # "T1", "T2" or "" (unknown; not MR)
     conspicuity: list[float] = field(default_factory=list)   # per true lesion (SD)
+    source: str = ""                          # the folder its series folder lies in
 
     @property
     def score(self) -> float:
@@ -124,7 +125,7 @@ def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
                       (intersection, predicted, true), result.reason, candidates,
                       planes[0].header.mr_weighting,
                       [conspicuity(lesion, prediction.predictions, true_masks)
-                       for lesion in truth["lesions"]])
+                       for lesion in truth["lesions"]], str(folder.parent))
 
 
 def conspicuity(lesion: dict, predictions: Sequence[SlicePrediction],
@@ -218,22 +219,33 @@ def _by_conspicuity(cases: Sequence[CaseResult]) -> dict:
             for name, hits in bands.items()}
 
 
-def metrics(cases: Sequence[CaseResult]) -> dict:
-    """Everything the model card reports, for one modality."""
+def series_metrics(cases: Sequence[CaseResult]) -> dict:
+    """Series-level sensitivity, specificity and AUC: is there a lesion in the series?"""
     positive = np.array([bool(c.truth) for c in cases])
     called = np.array([c.status == "positive" for c in cases])
+    return {"positive_series": int(positive.sum()),
+            "series_sensitivity": _ratio(int((called & positive).sum()), int(positive.sum())),
+            "series_specificity": _ratio(int((~called & ~positive).sum()),
+                                         int((~positive).sum())),
+            "series_auc": auc(np.array([c.score for c in cases]), positive)}
+
+
+def metrics(cases: Sequence[CaseResult]) -> dict:
+    """Everything the model card reports, for one modality."""
     inter, pred, true = (sum(c.dice_parts[k] for c in cases) for k in range(3))
     figures = {
-        **lesion_metrics(cases), "positive_series": int(positive.sum()),
-        "series_sensitivity": _ratio(int((called & positive).sum()), int(positive.sum())),
-        "series_specificity": _ratio(int((~called & ~positive).sum()), int((~positive).sum())),
-        "series_auc": auc(np.array([c.score for c in cases]), positive),
+        **lesion_metrics(cases), **series_metrics(cases),
         "dice": 2 * inter / (pred + true) if pred + true else 1.0,
         "failed_series": [c.name for c in cases if c.status == "failed"],
         "missed": [{"case": c.name, **lesion, "conspicuity_sd": _conspicuity(c, i)}
                    for c in cases for i, lesion in enumerate(c.truth)
                    if not any(m == i for m in c.matches)],
     }
+    sources = sorted({c.source for c in cases})
+    if len(sources) > 1:                       # several sets pooled: each one's figures too
+        figures["by_source"] = {
+            source: {**lesion_metrics(group), **series_metrics(group)}
+            for source in sources for group in [[c for c in cases if c.source == source]]}
     if any(c.modality == "MR" for c in cases):
         weightings = sorted({c.mr_weighting for c in cases})
         figures["by_mr_weighting"] = {
@@ -276,6 +288,16 @@ class Report:
                      f"{g['lesion_sensitivity_10mm_or_more']:.3f} | "
                      f"{g['false_positives_per_scan']:.2f} | {g['froc']['0.5']:.3f} |"
                      for modality, w, g in weighted]
+        sourced = [(modality, source, g) for modality, m in sorted(self.by_modality.items())
+                   for source, g in m.get("by_source", {}).items()]
+        if sourced:
+            rows += ["", "| modality | set | series | lesions | sens. all | sens. >=10 mm | "
+                     "FP/scan | series spec. | AUC |", "|---" * 9 + "|"]
+            rows += [f"| {modality} | {source} | {g['series']} | {g['lesions']} | "
+                     f"{g['lesion_sensitivity']:.3f} | "
+                     f"{g['lesion_sensitivity_10mm_or_more']:.3f} | "
+                     f"{g['false_positives_per_scan']:.2f} | {g['series_specificity']:.3f} | "
+                     f"{g['series_auc']:.3f} |" for modality, source, g in sourced]
         rows += ["", "Lesion sensitivity by conspicuity (lesions in brackets):", "",
                  "| modality | " + " | ".join(CONSPICUITY_BANDS) + " |",
                  "|---" * (len(CONSPICUITY_BANDS) + 1) + "|"]

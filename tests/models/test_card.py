@@ -23,7 +23,9 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
         calibrate(pet_cases, entry / "model.pt", entry / "model.pt", backend)
     (entry / "model.pt.calibration.json").rename(entry / "calibration.json")
     with TorchBackend(entry / "model.pt") as backend:
-        write_report({"PT": evaluate(pet_cases, backend)}, entry / "eval")
+        cases = evaluate(pet_cases, backend)
+    assert {c.source for c in cases} == {str(pet_cases[0].parent)}
+    write_report({"PT": cases}, entry / "eval")
     figures = json.loads((entry / "eval" / "eval.json").read_text())["PT"]
 
     text = card(entry, "scanside train --data d --modality PT --out r", heldout_seeds=[77])
@@ -46,11 +48,15 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
 
     evaluation = json.loads((entry / "eval" / "eval.json").read_text())   # as an MR set has
     evaluation["PT"]["by_mr_weighting"] = {"T1": {**figures, "lesion_sensitivity": 0.25}}
+    evaluation["PT"]["by_source"] = {"data/heldout-a": {**figures, "series_specificity": 0.75}}
     (entry / "eval" / "eval.json").write_text(json.dumps(evaluation))
     text = card(entry, "scanside train --data d --modality PT --out r", heldout_seeds=[77, 78])
     assert "generated with seeds 77 and 78, which no training" in " ".join(text.split())
     assert (f"- T1: {figures['series']} series, {figures['lesions']} lesions; "
             "sensitivity 0.250") in text
+    assert (f"- `data/heldout-a`: {figures['series']} series, {figures['lesions']} lesions "
+            f"({figures['lesions_10mm_or_more']} >= 10 mm)") in text
+    assert "specificity 0.750 over" in " ".join(text.split())
 
     checkpoint = load_checkpoint(entry / "model.pt")    # the same model, as a fine-tuning
     checkpoint.spec = replace(checkpoint.spec, training_data={

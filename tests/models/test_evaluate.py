@@ -122,6 +122,21 @@ def test_mr_lesion_figures_are_also_given_per_weighting():
     assert "by_mr_weighting" not in metrics([case("a", [lesion(0)], [finding(0)])])
 
 
+def test_sets_pooled_in_one_evaluation_are_also_scored_each_on_its_own():
+    cases = [replace(case("a", [lesion(0)], [finding(0)]), source="heldout-1"),
+             replace(case("b", [], [finding(50)]), source="heldout-1"),
+             replace(case("c", [lesion(0)], []), source="heldout-2"),
+             replace(case("d", [], []), source="heldout-2")]
+    m = metrics(cases)
+    one, two = m["by_source"]["heldout-1"], m["by_source"]["heldout-2"]
+    assert (one["series"], one["lesion_sensitivity"], one["false_positives_per_scan"],
+            one["series_specificity"]) == (2, 1.0, 0.5, 0.0)
+    assert (two["lesion_sensitivity"], two["series_specificity"]) == (0.0, 1.0)
+    assert (m["lesion_sensitivity"], m["series_specificity"]) == (0.5, 0.5)     # pooled
+    assert "| CT | heldout-2 | 2 | 1 | 0.000 |" in Report({"CT": m}).table()
+    assert "by_source" not in metrics(cases[:2])
+
+
 def painted_series(centre, radius_mm, step, noise=5.0, slices=11, size=64, seed=0):
     """Axial slices 2 mm apart on a 2 mm grid: noise around 100, a sphere `step` above it."""
     rng = np.random.default_rng(seed)
