@@ -278,26 +278,9 @@ class Report:
                 f"{m['false_positives_per_scan']:.2f} | {m['froc']['0.5']:.3f} | "
                 f"{m['series_sensitivity']:.3f} | {m['series_specificity']:.3f} | "
                 f"{m['series_auc']:.3f} | {m['dice']:.3f} |")
-        weighted = [(modality, w, g) for modality, m in sorted(self.by_modality.items())
-                    for w, g in m.get("by_mr_weighting", {}).items()]
-        if weighted:
-            rows += ["", "| modality | weighting | series | lesions | sens. all | "
-                     "sens. >=10 mm | FP/scan | sens. @0.5 FP |", "|---" * 8 + "|"]
-            rows += [f"| {modality} | {w} | {g['series']} | {g['lesions']} | "
-                     f"{g['lesion_sensitivity']:.3f} | "
-                     f"{g['lesion_sensitivity_10mm_or_more']:.3f} | "
-                     f"{g['false_positives_per_scan']:.2f} | {g['froc']['0.5']:.3f} |"
-                     for modality, w, g in weighted]
-        sourced = [(modality, source, g) for modality, m in sorted(self.by_modality.items())
-                   for source, g in m.get("by_source", {}).items()]
-        if sourced:
-            rows += ["", "| modality | set | series | lesions | sens. all | sens. >=10 mm | "
-                     "FP/scan | series spec. | AUC |", "|---" * 9 + "|"]
-            rows += [f"| {modality} | {source} | {g['series']} | {g['lesions']} | "
-                     f"{g['lesion_sensitivity']:.3f} | "
-                     f"{g['lesion_sensitivity_10mm_or_more']:.3f} | "
-                     f"{g['false_positives_per_scan']:.2f} | {g['series_specificity']:.3f} | "
-                     f"{g['series_auc']:.3f} |" for modality, source, g in sourced]
+        rows += self._groups("by_mr_weighting", "weighting", [("sens. @0.5 FP", "froc")])
+        rows += self._groups("by_source", "set", [("series spec.", "series_specificity"),
+                                                  ("AUC", "series_auc")])
         rows += ["", "Lesion sensitivity by conspicuity (lesions in brackets):", "",
                  "| modality | " + " | ".join(CONSPICUITY_BANDS) + " |",
                  "|---" * (len(CONSPICUITY_BANDS) + 1) + "|"]
@@ -305,6 +288,28 @@ class Report:
                                                  for b in m["by_conspicuity"].values()]) + " |"
                  for modality, m in sorted(self.by_modality.items())]
         return "\n".join(rows)
+
+
+    def _groups(self, key: str, label: str, extra: list[tuple[str, str]]) -> list[str]:
+        """A table of each modality's groups under `key` (MR weightings, pooled sets):
+        their lesion figures and the `extra` (heading, figure) columns."""
+        groups = [(modality, name, g) for modality, m in sorted(self.by_modality.items())
+                  for name, g in m.get(key, {}).items()]
+        if not groups:
+            return []
+        columns = [("sens. all", "lesion_sensitivity"),
+                   ("sens. >=10 mm", "lesion_sensitivity_10mm_or_more"),
+                   ("FP/scan", "false_positives_per_scan"), *extra]
+        headings = ["modality", label, "series", "lesions", *(h for h, _ in columns)]
+
+        def cell(g: dict, figure: str) -> str:
+            value = g["froc"]["0.5"] if figure == "froc" else g[figure]
+            return f"{value:.2f}" if figure == "false_positives_per_scan" else f"{value:.3f}"
+
+        return ["", "| " + " | ".join(headings) + " |", "|---" * len(headings) + "|"] + [
+            "| " + " | ".join([modality, name, str(g["series"]), str(g["lesions"]),
+                               *(cell(g, figure) for _, figure in columns)]) + " |"
+            for modality, name, g in groups]
 
 
 def write_report(results: dict[str, list[CaseResult]], out: Path) -> Report:
