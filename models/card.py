@@ -127,14 +127,14 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         fine_tuned += (f"\n- Averaged (`scanside average`): {1 - share:g} x `{first}` + "
                        f"{share:g} x `{second}`, weight by weight; the data, seed, epochs "
                        "and curves here are the first model's.")
-    by_weighting = "".join(
+    groups = "".join(
         f"\n- {w}: {g['series']} series, {g['lesions']} lesions; sensitivity "
         f"{g['lesion_sensitivity']:.3f} ({g['lesion_sensitivity_10mm_or_more']:.3f} >= 10 mm) "
         f"at {g['false_positives_per_scan']:.2f} false positives per scan; FROC "
         f"{g['froc']['0.5']:.3f} at 0.5, {g['froc']['2']:.3f} at 2"
         for w, g in evaluation.get("by_mr_weighting", {}).items())
-    if by_weighting:
-        by_weighting = "\nBy weighting, as each series' tags give it:\n" + by_weighting + "\n"
+    if groups:
+        groups = "\nBy weighting, as each series' tags give it:\n" + groups + "\n"
     by_set = "".join(
         f"\n- `{source}`: {g['series']} series, {g['lesions']} lesions "
         f"({g['lesions_10mm_or_more']} >= 10 mm); sensitivity {g['lesion_sensitivity']:.3f} "
@@ -144,7 +144,7 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         "without a lesion"
         for source, g in evaluation.get("by_source", {}).items())
     if by_set:
-        by_weighting += "\nEach held-out set on its own:\n" + by_set + "\n"
+        groups += "\nEach held-out set on its own:\n" + by_set + "\n"
     intensity = spec.intensity
     details = f", windows {list(intensity.windows)}" if intensity.windows else ""
     if intensity.weighting:
@@ -201,7 +201,7 @@ operating point above is one point of it), lesion sensitivity at a false-positiv
 scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
 Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
 listed in `eval/eval.json` with its size, shape, organ and conspicuity.
-{_conspicuity_line(evaluation)}{by_weighting}
+{_conspicuity_line(evaluation)}{groups}
 ## Conversion parity
 
 {_parity_line(folder / 'onnx-parity.json')}

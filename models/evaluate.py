@@ -289,7 +289,6 @@ class Report:
                  for modality, m in sorted(self.by_modality.items())]
         return "\n".join(rows)
 
-
     def _groups(self, key: str, label: str, extra: list[tuple[str, str]]) -> list[str]:
         """A table of each modality's groups under `key` (MR weightings, pooled sets):
         their lesion figures and the `extra` (heading, figure) columns."""
