@@ -241,11 +241,11 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
                    for c in cases for i, lesion in enumerate(c.truth)
                    if not any(m == i for m in c.matches)],
     }
-    sources = sorted({c.source for c in cases})
-    if len(sources) > 1:                       # several sets pooled: each one's figures too
-        figures["by_source"] = {
-            source: {**lesion_metrics(group), **series_metrics(group)}
-            for source in sources for group in [[c for c in cases if c.source == source]]}
+    by_source = {source: [c for c in cases if c.source == source]
+                 for source in sorted({c.source for c in cases})}
+    if len(by_source) > 1:                     # several sets pooled: each one's figures too
+        figures["by_source"] = {source: {**lesion_metrics(group), **series_metrics(group)}
+                                for source, group in by_source.items()}
     if any(c.modality == "MR" for c in cases):
         weightings = sorted({c.mr_weighting for c in cases})
         figures["by_mr_weighting"] = {

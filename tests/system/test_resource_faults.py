@@ -14,10 +14,12 @@ import sqlite3
 import subprocess
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from edge.delivery.outbox import Outbox
 from edge.simulator import play
 from edge.state import DB_NAME
 from tests.appliance import watch
@@ -67,8 +69,8 @@ def wait_until_recorded_sent(state: Path, timeout: float = 30) -> None:
     window rightly sends the result again after the restart (at least once)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with sqlite3.connect(f"file:{state / DB_NAME}?mode=ro", uri=True) as conn:
-            if not conn.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]:
+        with closing(sqlite3.connect(f"file:{state / DB_NAME}?mode=ro", uri=True)) as conn:
+            if not Outbox(conn).backlog():
                 return
         time.sleep(0.2)
     raise AssertionError(f"the outbox in {state} still holds unsent messages after {timeout} s")
