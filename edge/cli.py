@@ -163,7 +163,11 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--model", type=Path, required=True, help="checkpoint to calibrate")
     calibrate.add_argument("--out", type=Path, required=True, help="calibrated checkpoint")
     calibrate.add_argument("--max-fp", type=float, default=0.4, help="false positives per scan")
-    calibrate.add_argument("--min-specificity", type=float, default=0.9)
+    calibrate.add_argument("--min-specificity", type=float, default=0.9,
+                           help="series-level; met when the specificity's lower bound is")
+    calibrate.add_argument("--specificity-se", type=float, default=1.0,
+                           help="standard errors below the specificity measured that its "
+                                "lower bound lies (Wilson score); 0 compares the figure itself")
     calibrate.set_defaults(handler=_calibrate)
 
     average = commands.add_parser(
@@ -354,7 +358,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     folders = _truth_series(args.data)
     with TorchBackend(args.model) as backend:
         report = calibrate(folders, args.model, args.out, backend, args.max_fp,
-                           args.min_specificity)
+                           args.min_specificity, args.specificity_se)
     print(json.dumps(report["chosen"], indent=2))
     print(f"calibrated model: {args.out}")
     return 0

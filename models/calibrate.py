@@ -10,6 +10,14 @@ at most one false positive per scan (a usual CAD operating point); if none is, t
 with the fewest false positives. It is written into a copy of the checkpoint.
 The calibration set must be neither the training nor the held-out set.
 
+A point meets the specificity limit when its specificity's lower bound does, one standard
+error below the figure measured (Wilson score bound, `SPECIFICITY_SE`): with 54 series
+without a lesion, 51 called negative (0.944, bound 0.904) meets a limit of 0.9 and 50
+(0.926, bound 0.882) does not. A point measured exactly at the limit falls below it on a
+new set about half the time; every PET point chosen at the limit did, held out. A set
+with too few such series to show the limit at all (under 9 for 0.9) needs every one of
+them called negative.
+
 The lesion classifier is a logistic regression over each candidate's measures (pixel
 probabilities, size, slice head, and the contrast of the network input against a ring
 around it: `LESION_FEATURES`), fitted here on the calibration set's candidates, a
@@ -33,7 +41,7 @@ from itertools import product
 from pathlib import Path
 
 import numpy as np
-from scipy import optimize
+from scipy import optimize, special, stats
 from tqdm import tqdm
 
 from edge.backends.base import Backend
@@ -53,6 +61,7 @@ DETECTION = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9
 VOLUME_MM3 = (5.0, 15.0, 30.0, 60.0, 120.0)
 L2 = 1.0            # the classifier's ridge penalty, on standardised measures
 FOLDS = 5           # cross-fitting: the threshold is chosen on scores from the other folds
+SPECIFICITY_SE = 1.0    # the specificity limit applies this many standard errors below
 
 
 def predictions(folders: Sequence[Path], backend: Backend) -> list[tuple[SeriesPrediction, dict]]:
@@ -104,7 +113,8 @@ def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3,
                          "min_volume_mm3": v, **{k: m[k] for k in (
                              "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
                              "false_positives_per_scan", "series_specificity",
-                             "series_sensitivity")}})
+                             "series_sensitivity")},
+                         "negative_series": len(candidates) - m["positive_series"]})
     return rows
 
 
@@ -168,10 +178,22 @@ def _fit(candidates: list[tuple[np.ndarray, np.ndarray]], l2: float) -> LesionCl
                             bias=float(w[0]))
 
 
+def specificity_bound(row: dict, standard_errors: float = SPECIFICITY_SE) -> float:
+    """The Wilson score lower bound of a point's specificity, `standard_errors` below it
+    (0: the specificity measured); NaN when the set has no series without a lesion."""
+    negatives, specificity = row["negative_series"], row["series_specificity"]
+    if standard_errors == 0 or not negatives:
+        return specificity
+    level = float(special.erf(standard_errors / np.sqrt(2)))     # two-sided, z = SE
+    return stats.binomtest(round(specificity * negatives), negatives).proportion_ci(
+        confidence_level=level, method="wilson").low
+
+
 def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
-           fallback_fp: float = 1.0) -> dict:
-    """The most sensitive point within the limits; or else the most sensitive with at
-    most `fallback_fp` false positives per scan; or else the one with the fewest false
+           fallback_fp: float = 1.0, specificity_se: float = SPECIFICITY_SE) -> dict:
+    """The most sensitive point within the limits, its specificity's bound
+    (`specificity_bound`) at or above `min_specificity`; or else the most sensitive with
+    at most `fallback_fp` false positives per scan; or else the one with the fewest false
     positives. A point that finds no lesion at all is not an operating point, however
     specific."""
     def most_sensitive(candidates):
@@ -180,9 +202,12 @@ def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
                                               -r["false_positives_per_scan"]))
 
     rows = [r for r in rows if r["lesion_sensitivity"] > 0] or rows
-    allowed = [r for r in rows if r["false_positives_per_scan"] <= max_fp
-               and (r["series_specificity"] != r["series_specificity"]      # NaN: no negatives
-                    or r["series_specificity"] >= min_specificity)]
+    def specific(r):    # a set too small to show the limit asks for no false series
+        perfect = specificity_bound({**r, "series_specificity": 1.0}, specificity_se)
+        return not r["negative_series"] or \
+            specificity_bound(r, specificity_se) >= min(min_specificity, perfect)
+
+    allowed = [r for r in rows if r["false_positives_per_scan"] <= max_fp and specific(r)]
     if allowed:
         return most_sensitive(allowed)
     tolerable = [r for r in rows if r["false_positives_per_scan"] <= fallback_fp]
@@ -194,7 +219,8 @@ def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
 
 
 def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Backend,
-              max_fp: float = 0.4, min_specificity: float = 0.9) -> dict:
+              max_fp: float = 0.4, min_specificity: float = 0.9,
+              specificity_se: float = SPECIFICITY_SE) -> dict:
     """Sweep, choose, and write `out`: the checkpoint with the chosen thresholds, plus
     `<out>.calibration.json` with every point tried."""
     runs = predictions(folders, backend)
@@ -204,7 +230,7 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
     # its own; the one fitted on every series scores it (in-sample, so a little kind).
     crossed = [own or classifier for own in _cross_fit(candidates, FOLDS, L2)]
     rows = sweep(runs, replace(backend.spec, lesion_classifier=classifier), classifiers=crossed)
-    best = choose(rows, max_fp, min_specificity)
+    best = choose(rows, max_fp, min_specificity, specificity_se=specificity_se)
     loaded = load_checkpoint(checkpoint)
     if best["lesion_score"] == "classifier":
         loaded.spec = replace(loaded.spec, lesion_classifier=classifier)
@@ -216,6 +242,7 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
         **loaded.spec.training_data, "calibration": {
             "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),
             "max_fp_per_scan": max_fp, "min_specificity": min_specificity,
+            "specificity_se": specificity_se,
             "classifier_folds": FOLDS, "chosen": best}})
     save_checkpoint(out, loaded, slim=True)
     report = {"chosen": best, "lesion_classifier": classifier and asdict(classifier),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
 from edge.inference.series import SeriesPrediction
 from edge.inference.spec import LESION_FEATURES
 from edge.series.geometry import SeriesGeometry
@@ -15,6 +17,7 @@ from models.calibrate import (
     choose,
     cross_fitted_classifiers,
     fit_classifier,
+    specificity_bound,
     sweep,
 )
 from models.checkpoint import load_checkpoint
@@ -23,18 +26,38 @@ from tests.edge.test_postprocess import SPEC, predictions, series
 from tests.factories import scanside
 
 
-def row(d, v, sens10, sens, fp, spec):
+def row(d, v, sens10, sens, fp, spec, negatives=1000):
     return {"detection_probability": d, "min_volume_mm3": v,
             "lesion_sensitivity_10mm_or_more": sens10, "lesion_sensitivity": sens,
             "false_positives_per_scan": fp, "series_specificity": spec,
-            "series_sensitivity": sens}
+            "series_sensitivity": sens, "negative_series": negatives}
 
 
 def test_the_most_sensitive_point_within_the_limits_is_chosen():
     rows = [row(0.5, 5, 1.0, 0.95, 1.2, 0.6),       # too many false positives
-            row(0.7, 15, 0.97, 0.9, 0.3, 0.9),
+            row(0.7, 15, 0.97, 0.9, 0.3, 0.92),
             row(0.9, 30, 0.95, 0.85, 0.1, 1.0)]
     assert choose(rows, max_fp=0.4, min_specificity=0.9)["detection_probability"] == 0.7
+
+
+def test_the_specificity_limit_applies_one_standard_error_below_the_figure_measured():
+    """Of 54 series without a lesion, 51 called negative (0.944) has a Wilson bound of 0.904
+    and meets 0.9; 50 (0.926, bound 0.882) does not, nor does 0.9 itself on 30 (27 of 30).
+    Measured on 1000 negatives, 0.92 has a bound of 0.911."""
+    at_the_limit = row(0.5, 5, 1.0, 0.95, 0.2, 27 / 30, negatives=30)
+    one_more_false = row(0.6, 5, 0.99, 0.94, 0.2, 50 / 54, negatives=54)
+    margin = row(0.7, 15, 0.97, 0.9, 0.1, 51 / 54, negatives=54)
+    rows = [at_the_limit, one_more_false, margin]
+    assert specificity_bound(margin) == pytest.approx(0.904, abs=5e-4)
+    assert specificity_bound(one_more_false) == pytest.approx(0.882, abs=5e-4)
+    assert specificity_bound(margin, 0) == 51 / 54
+    assert choose(rows, max_fp=0.4, min_specificity=0.9) is margin
+    assert choose(rows, max_fp=0.4, min_specificity=0.9, specificity_se=0) is at_the_limit
+    assert specificity_bound(row(0.7, 15, 0.97, 0.9, 0.1, 0.92)) == pytest.approx(0.911, abs=5e-4)
+    few = [row(0.5, 5, 1.0, 0.95, 0.2, 3 / 4, negatives=4), row(0.9, 5, 0.9, 0.9, 0.1, 1.0, 4)]
+    assert choose(few) is few[1]        # 4 of 4 cannot show 0.9 (bound 0.8) but is all there is
+    healthy_free = row(0.5, 5, 1.0, 0.95, 0.2, float("nan"), negatives=0)
+    assert choose([healthy_free, margin]) is healthy_free      # no negatives: nothing to limit
 
 
 def test_with_no_point_within_the_limits_the_most_sensitive_at_one_fp_per_scan_wins():
