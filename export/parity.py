@@ -5,6 +5,9 @@ checked against the step before: the same series through both, then the largest
 difference between their probability maps, whether every lesion the reference finds is
 found by the candidate, Dice against the ground truth for each, and whether the
 candidate produced any NaN or infinity. Tolerances are explicit in `Tolerances`.
+Each lesion one side finds and the other does not is listed with its series and score,
+beside the detection threshold: one scored just above the threshold and lost to rounding
+reads differently from a confident lesion lost to a broken conversion.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ class Tolerances:
 
 TORCH_TO_ONNX = Tolerances(max_abs_error=1e-4)
 FP32_TO_FP16 = Tolerances(dice_ratio=0.999)
+MAX_LISTED = 50         # lesions lost or extra listed in a report (all are counted)
 
 
 def compare(reference: Backend, candidate: Backend, folders: Sequence[Path],
             tolerances: Tolerances) -> dict:
     """Run both backends over each series folder (DICOM + optional mask.npz)."""
     worst, lesions, found, extra, nan = 0.0, 0, 0, 0, False
+    lost_scores, extra_scores = [], []
     dice = {"reference": [0.0, 0.0, 0.0], "candidate": [0.0, 0.0, 0.0]}
     for folder in tqdm(folders, desc="parity", unit="series"):
         planes, masks = DicomCase(folder).slices()
@@ -57,9 +62,14 @@ def compare(reference: Backend, candidate: Backend, folders: Sequence[Path],
         ref_found = summarise(ref, reference, base).findings
         cand_found = summarise(cand, candidate, base).findings
         truth = [{"center_mm": f.center_mm, "diameter_mm": f.diameter_mm} for f in ref_found]
-        matched = {m for m in match(truth, cand_found) if m is not None}
+        hits = match(truth, cand_found)     # per candidate lesion, most probable first
+        matched = {m for m in hits if m is not None}
         lesions, found, extra = lesions + len(truth), found + len(matched), \
             extra + len(cand_found) - len(matched)
+        lost_scores += [{"series": folder.name, "score": f.probability}
+                        for i, f in enumerate(ref_found) if i not in matched]
+        extra_scores += [{"series": folder.name, "score": f.probability} for f, hit in zip(
+            sorted(cand_found, key=lambda f: -f.probability), hits, strict=True) if hit is None]
         if (folder / "mask.npz").exists():
             by_key = {p.header.instance_key: m for p, m in zip(planes, masks, strict=True)}
             for name, run, backend in (("reference", ref, reference),
@@ -72,6 +82,8 @@ def compare(reference: Backend, candidate: Backend, folders: Sequence[Path],
         "max_abs_error": worst,
         "reference_lesions": lesions, "reference_lesions_found": found,
         "candidate_extra_lesions": extra,
+        "detection_threshold": reference.spec.thresholds.detection_probability,
+        "lost_lesions": lost_scores[:MAX_LISTED], "extra_lesions": extra_scores[:MAX_LISTED],
         "dice_reference": dice_ref, "dice_candidate": dice_cand,
         "nan_or_inf": bool(nan),
         "tolerances": asdict(tolerances),

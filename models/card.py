@@ -68,10 +68,13 @@ def _parity_line(path: Path) -> str:
     if not path.exists():
         return f"- {path.name}: not run"
     r = json.loads(path.read_text())
+    scores = ", ".join(format(lesion["score"], ".3f") for lesion in r.get("lost_lesions", [])[:5])
     return (f"- `{path.name}`: {'passed' if r['passed'] else '**FAILED**'} on {r['series']} "
             f"held-out series; largest probability difference {r['max_abs_error']:.2g}; "
             f"{r['reference_lesions_found']} of {r['reference_lesions']} reference lesions "
-            f"found; Dice {r['dice_reference']:.4f} -> {r['dice_candidate']:.4f}")
+            f"found; Dice {r['dice_reference']:.4f} -> {r['dice_candidate']:.4f}"
+            + (f"; lost lesions scored {scores} against the threshold "
+               f"{r['detection_threshold']:g}" if scores else ""))
 
 
 def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str = "") -> str:
@@ -108,9 +111,11 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     thresholds = spec.thresholds
     pixels = thresholds.lesion_score            # "peak", "mean" or "classifier"
     if pixels == "classifier":
+        features = spec.lesion_classifier.features
+        depth = " depth against width," if "log_depth_ratio" in features else ""
         scoring = ("its probability (the lesion classifier's,\n  a logistic regression "
-                   f"over {len(spec.lesion_classifier.features)} measures of the candidate: "
-                   "pixel probabilities, size,\n  slice head and image contrast)")
+                   f"over {len(features)} measures of the candidate: "
+                   f"pixel probabilities, size,{depth}\n  slice head and image contrast)")
     elif thresholds.slice_head:
         scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
                    "slice head's over its slices)")

@@ -127,6 +127,40 @@ class NaNModel(Backend):
         return np.full((n, 1, *batch.shape[2:]), np.nan, np.float32), np.zeros((n, 1), np.float32)
 
 
+class SquareModel(Backend):
+    """Marks a square in the middle of every slice with one probability: one lesion a
+    series, scored that probability."""
+
+    name = "square"
+
+    def __init__(self, spec, probability):
+        self.spec, self.probability = spec, probability
+
+    def inputs(self):
+        return []
+
+    def infer(self, batch):
+        n, _, h, w = batch.shape
+        lesion = np.zeros((n, 1, h, w), np.float32)
+        lesion[..., h // 4: h // 2, w // 4: w // 2] = self.probability
+        return lesion, np.full((n, 1), self.probability, np.float32)
+
+
+def test_parity_lists_each_lesion_lost_or_gained_with_its_series_and_score(pet_cases):
+    cases = pet_cases[:2]
+    marked, blank = SquareModel(TINY_PET, 0.875), SquareModel(TINY_PET, 0.0)
+    lost = compare(marked, blank, cases, FP32_TO_FP16)
+    assert (lost["reference_lesions"], lost["reference_lesions_found"]) == (2, 0)
+    assert not lost["passed"]
+    listed = [{"series": c.name, "score": pytest.approx(0.875, abs=1 / 255)} for c in cases]
+    assert lost["lost_lesions"] == listed           # maps are kept in 8 bits
+    assert lost["extra_lesions"] == []
+    assert lost["detection_threshold"] == TINY_PET.thresholds.detection_probability
+    gained = compare(blank, marked, cases, FP32_TO_FP16)
+    assert gained["candidate_extra_lesions"] == 2 and gained["lost_lesions"] == []
+    assert gained["extra_lesions"] == listed
+
+
 def test_a_model_giving_nan_makes_the_series_failed_never_negative(pet_cases):
     planes, _ = DicomCase(pet_cases[0]).slices()
     result = analyze_series(planes, NaNModel(TINY_PET))

@@ -50,7 +50,14 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     evaluation["PT"]["by_mr_weighting"] = {"T1": {**figures, "lesion_sensitivity": 0.25}}
     evaluation["PT"]["by_source"] = {"data/heldout-a": {**figures, "series_specificity": 0.75}}
     (entry / "eval" / "eval.json").write_text(json.dumps(evaluation))
+    (entry / "fp16-parity.json").write_text(json.dumps({
+        "passed": False, "series": 30, "max_abs_error": 0.02, "reference_lesions": 54,
+        "reference_lesions_found": 53, "dice_reference": 0.8, "dice_candidate": 0.8,
+        "detection_threshold": 0.1, "lost_lesions": [{"series": "PT-1", "score": 0.1043}]}))
     text = card(entry, "scanside train --data d --modality PT --out r", heldout_seeds=[77, 78])
+    assert ("`fp16-parity.json`: **FAILED** on 30 held-out series; largest probability "
+            "difference 0.02; 53 of 54 reference lesions found; Dice 0.8000 -> 0.8000; lost "
+            "lesions scored 0.104 against the threshold 0.1") in " ".join(text.split())
     assert "generated with seeds 77 and 78, which no training" in " ".join(text.split())
     assert (f"- T1: {figures['series']} series, {figures['lesions']} lesions; "
             "sensitivity 0.250") in text
