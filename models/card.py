@@ -86,6 +86,12 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     evaluation = json.loads((folder / "eval" / "eval.json").read_text())[modality]
     report = json.loads((folder / "calibration.json").read_text())
     calibration, folds = report["chosen"], report.get("classifier_folds")
+    chosen = (f"{calibration['lesion_sensitivity']:.3f} "
+              f"({calibration['lesion_sensitivity_10mm_or_more']:.3f} for lesions >= 10 mm) "
+              f"at {calibration['false_positives_per_scan']:.2f}")
+    negatives = calibration.get("negative_series")      # recorded since commit 0ae650e
+    negatives = (f" ({round(calibration['series_specificity'] * negatives)} of {negatives} "
+                 "series without a lesion called negative)" if negatives else "")
     # history.json covers the whole run; the checkpoint's own history stops at its epoch
     history_file = folder / "history.json"
     history = (json.loads(history_file.read_text()) if history_file.exists()
@@ -112,10 +118,10 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     pixels = thresholds.lesion_score            # "peak", "mean" or "classifier"
     if pixels == "classifier":
         features = spec.lesion_classifier.features
-        depth = " depth against width," if "log_depth_ratio" in features else ""
+        depth = "depth against width, " if "log_depth_ratio" in features else ""
         scoring = ("its probability (the lesion classifier's,\n  a logistic regression "
                    f"over {len(features)} measures of the candidate: "
-                   f"pixel probabilities, size,{depth}\n  slice head and image contrast)")
+                   f"pixel probabilities, size,\n  {depth}slice head and image contrast)")
     elif thresholds.slice_head:
         scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
                    "slice head's over its slices)")
@@ -173,8 +179,8 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
   {thresholds.detection_probability}
   (pixels above {thresholds.lesion_probability} form it) and its volume is at least
   {thresholds.min_volume_mm3:g} mm3. On the calibration set{crossed} they gave lesion sensitivity
-  {calibration['lesion_sensitivity']:.3f} at {calibration['false_positives_per_scan']:.2f}
-  false positives per scan.
+  {chosen} false positives per scan and series specificity
+  {calibration['series_specificity']:.3f}{negatives}.
 - Files: {', '.join(f'`{n}` {s:.1f} MiB' for n, s in sizes.items())}.
 {cost}
 

@@ -36,6 +36,10 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     row = next(line for line in text.splitlines() if line.startswith("| false positives"))
     assert f"| {fp:.3f} |" in row and ("met" if fp <= 0.5 else "**missed**") in row
     assert "- onnx-parity.json: not run" in text
+    chosen = json.loads((entry / "calibration.json").read_text())["chosen"]
+    assert (f"{chosen['lesion_sensitivity_10mm_or_more']:.3f} for lesions >= 10 mm) at "
+            f"{chosen['false_positives_per_scan']:.2f} false positives per scan and series "
+            f"specificity {chosen['series_specificity']:.3f}") in " ".join(text.split())
     cost = re.search(r"Per-slice cost: ([\d.]+) ms median .* rounds\s+0 s\s+apart;\s+their"
                      r"\s+medians\s+ran\s+from\s+([\d.]+)\s+to\s+([\d.]+)\s+ms", text, re.S)
     assert cost and float(cost[2]) <= float(cost[1]) <= float(cost[3])
