@@ -201,12 +201,12 @@ def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
                                               r["lesion_sensitivity"],
                                               -r["false_positives_per_scan"]))
 
-    rows = [r for r in rows if r["lesion_sensitivity"] > 0] or rows
     def specific(r):    # a set too small to show the limit asks for no false series
         perfect = specificity_bound({**r, "series_specificity": 1.0}, specificity_se)
         return not r["negative_series"] or \
             specificity_bound(r, specificity_se) >= min(min_specificity, perfect)
 
+    rows = [r for r in rows if r["lesion_sensitivity"] > 0] or rows
     allowed = [r for r in rows if r["false_positives_per_scan"] <= max_fp and specific(r)]
     if allowed:
         return most_sensitive(allowed)
