@@ -89,9 +89,9 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     chosen = (f"{calibration['lesion_sensitivity']:.3f} "
               f"({calibration['lesion_sensitivity_10mm_or_more']:.3f} for lesions >= 10 mm) "
               f"at {calibration['false_positives_per_scan']:.2f}")
-    negatives = calibration.get("negative_series")      # recorded since commit 0ae650e
-    negatives = (f" ({round(calibration['series_specificity'] * negatives)} of {negatives} "
-                 "series without a lesion called negative)" if negatives else "")
+    counted = calibration.get("negative_series")        # recorded since commit 0ae650e
+    negatives = (f" ({round(calibration['series_specificity'] * counted)} of {counted} "
+                 "series without a lesion called negative)" if counted else "")
     # history.json covers the whole run; the checkpoint's own history stops at its epoch
     history_file = folder / "history.json"
     history = (json.loads(history_file.read_text()) if history_file.exists()

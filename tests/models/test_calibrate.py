@@ -56,8 +56,8 @@ def test_the_specificity_limit_applies_one_standard_error_below_the_figure_measu
     assert specificity_bound(row(0.7, 15, 0.97, 0.9, 0.1, 0.92)) == pytest.approx(0.911, abs=5e-4)
     few = [row(0.5, 5, 1.0, 0.95, 0.2, 3 / 4, negatives=4), row(0.9, 5, 0.9, 0.9, 0.1, 1.0, 4)]
     assert choose(few) is few[1]        # 4 of 4 cannot show 0.9 (bound 0.8) but is all there is
-    healthy_free = row(0.5, 5, 1.0, 0.95, 0.2, float("nan"), negatives=0)
-    assert choose([healthy_free, margin]) is healthy_free      # no negatives: nothing to limit
+    all_diseased = row(0.5, 5, 1.0, 0.95, 0.2, float("nan"), negatives=0)
+    assert choose([all_diseased, margin]) is all_diseased      # no negatives: nothing to limit
 
 
 def test_with_no_point_within_the_limits_the_most_sensitive_at_one_fp_per_scan_wins():
