@@ -140,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-by-lesion", action="store_true",
                        help="centre positive crops on each lesion as often as on any other "
                             "(default: on lesion voxels, so large lesions most often)")
+    train.add_argument("--favour-faint", type=float, default=0.0, metavar="SD",
+                       help="sample by lesion, drawing a lesion that stands out from its "
+                            "surroundings in the network input by less than SD standard "
+                            "deviations SD/contrast times as often (at most 4x; default 0: "
+                            "off)")
     train.add_argument("--mr-weighting", action="store_true",
                        help="MR: give the network a second input channel saying whether "
                             "the echo and repetition times weight a slice by T1 or T2")
@@ -306,7 +311,7 @@ def _train(args: argparse.Namespace) -> int:
         workers=args.workers, init_encoder=args.init_encoder, init_weights=args.init_weights,
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
         balance_lesions_mm2=args.balance_lesions_mm2, sample_by_lesion=args.sample_by_lesion,
-        mr_weighting=args.mr_weighting,
+        favour_faint_sd=args.favour_faint, mr_weighting=args.mr_weighting,
         tumour_labels=tuple(args.tumour_labels) if args.tumour_labels else None))
     if best is not None:
         print(f"best model: {best}")

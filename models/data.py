@@ -240,6 +240,9 @@ def split_by_patient(cases: Sequence, fraction: float) -> tuple[list, list]:
     return [c for c in cases if c.name not in val], [c for c in cases if c.name in val]
 
 
+SHELL_MM = (4.0, 12.0)      # the surroundings of a lesion, beyond its edge (conspicuity)
+
+
 class Sampler:
     """Batches of (image, mask, tumour) crops; a share of them centred near a lesion.
 
@@ -247,17 +250,31 @@ class Sampler:
     drawn from every lesion voxel of every slice that has one, so a lesion is drawn in
     proportion to its volume: a 30 mm lesion about 200 times as often as a 5 mm one.
     With `by_lesion` a lesion (a 3D connected region of a case's mask) is drawn first,
-    each as often as any other, and then one of its voxels."""
+    each as often as any other, and then one of its voxels. With `faint_sd` as well, a
+    lesion that stands out from its surroundings by less than that many standard
+    deviations (`lesion_contrast`, in-plane shell `shell_px`) is drawn faint_sd/contrast
+    times as often, at most `MAX_FAINT_WEIGHT` times."""
+
+    MAX_FAINT_WEIGHT = 4.0
 
     def __init__(self, cases: Sequence[CaseData], crop: int | None, positive_fraction: float,
-                 rng: np.random.Generator, by_lesion: bool = False):
+                 rng: np.random.Generator, by_lesion: bool = False, faint_sd: float = 0.0,
+                 shell_px: tuple[int, int] = (2, 6)):
         self.cases, self.crop, self.rng = cases, crop, rng
         self.positive_fraction = positive_fraction
         self.index = [(c, s) for c, case in enumerate(cases) for s in range(len(case.images))]
         self.positives = [(c, s) for c, case in enumerate(cases)
                           for s in np.flatnonzero(case.tumour)]
         self.lesions = [(c, voxels) for c, case in enumerate(cases)
-                        for voxels in lesion_voxels(case.masks)] if by_lesion else None
+                        for voxels in lesion_voxels(case.masks)] \
+            if by_lesion or faint_sd else None
+        self.lesion_p = None
+        if faint_sd and self.lesions:
+            contrast = np.array([lesion_contrast(cases[c], voxels, shell_px)
+                                 for c, voxels in self.lesions])
+            weight = np.clip(faint_sd / np.maximum(np.nan_to_num(contrast, nan=faint_sd), 1e-6),
+                             1.0, self.MAX_FAINT_WEIGHT)
+            self.lesion_p = weight / weight.sum()
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images, masks = [], []
@@ -276,7 +293,7 @@ class Sampler:
     def _lesion_voxel(self) -> tuple[int, int, tuple[int, int]]:
         """(case, slice, (row, column)) of a lesion voxel."""
         if self.lesions is not None:
-            c, voxels = self.lesions[self.rng.integers(len(self.lesions))]
+            c, voxels = self.lesions[self.rng.choice(len(self.lesions), p=self.lesion_p)]
             s, row, col = voxels[self.rng.integers(len(voxels))]
             return c, int(s), (int(row), int(col))
         c, s = self.positives[self.rng.integers(len(self.positives))]
@@ -306,3 +323,26 @@ def lesion_voxels(masks: np.ndarray) -> list[np.ndarray]:
     labels, _ = ndimage.label(masks, structure=NEIGHBOURS)
     return [np.argwhere(labels[box] == index) + [s.start for s in box]
             for index, box in enumerate(ndimage.find_objects(labels), start=1)]
+
+
+def lesion_contrast(case: CaseData, voxels: np.ndarray, shell_px: tuple[int, int]) -> float:
+    """How far one lesion (its voxels, as `lesion_voxels` gives them) stands out in the
+    network input (first channel): its mean minus that of an in-plane shell `shell_px`
+    pixels beyond it on its own slices (other lesions left out), in standard deviations
+    of the shell; the training-grid counterpart of `models.evaluate.conspicuity`. NaN
+    when the shell has under 8 pixels."""
+    inside, shell = [], []
+    near, far = (np.ones((2 * r + 1,) * 2, bool) for r in shell_px)
+    for s in np.unique(voxels[:, 0]):
+        here = np.zeros(case.masks.shape[1:], bool)
+        rows, columns = voxels[voxels[:, 0] == s, 1:].T
+        here[rows, columns] = True
+        ring = (ndimage.binary_dilation(here, far) & ~ndimage.binary_dilation(here, near)
+                & ~case.masks[s].astype(bool))
+        image = case.images[s, 0].astype(np.float64)
+        inside.append(image[here])
+        shell.append(image[ring])
+    shell = np.concatenate(shell)
+    if len(shell) < 8:
+        return float("nan")
+    return float(abs(np.concatenate(inside).mean() - shell.mean()) / max(shell.std(), 1e-3))

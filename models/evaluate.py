@@ -33,11 +33,10 @@ from edge.inference.postprocess import find_lesions
 from edge.inference.preprocess import resample
 from edge.inference.series import predict, slice_spacing_mm, summarise
 from edge.values import Finding, SlicePrediction
-from models.data import DicomCase
+from models.data import SHELL_MM, DicomCase
 from models.train import auc
 
 FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
-SHELL_MM = (4.0, 12.0)              # the surroundings of a lesion, beyond its radius
 CONSPICUITY_SD = (2.0, 3.0)         # bands: below 2 SD, 2-3 SD, 3 SD or more
 CONSPICUITY_BANDS = (f"below {CONSPICUITY_SD[0]:g} SD",
                      f"{CONSPICUITY_SD[0]:g}-{CONSPICUITY_SD[1]:g} SD",

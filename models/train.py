@@ -7,7 +7,8 @@ weighs each lesion on a slice smaller than that area as if it had it (`lesion_we
 Transfer learning: `init_encoder` copies another model's encoder (CT into PET, say);
 `init_weights` starts from every weight of a model of the same modality, to fine-tune it
 on more data. Sampling oversamples slices with lesions and crops around them, each
-lesion in proportion to its volume or, with `sample_by_lesion`, each as often; every
+lesion in proportion to its volume or, with `sample_by_lesion`, each as often (and with
+`favour_faint_sd` faint ones more often, as `Sampler` says); every
 batch is augmented (`augment.py`). The validation split is by patient and depends on
 the case names only, so a fine-tuning never validates on its starting point's training
 cases (`split_by_patient`). Each epoch ends
@@ -35,7 +36,7 @@ from edge.errors import ModelError
 from edge.inference.spec import Intensity, ModelSpec
 from models.augment import AugmentConfig, augment
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from models.data import CaseData, Sampler, digest, find_cases, load_all, split_by_patient
+from models.data import SHELL_MM, CaseData, Sampler, digest, find_cases, load_all, split_by_patient
 from models.network import DetectionNet, NetworkConfig
 
 DEFAULT_SPECS = {
@@ -75,6 +76,7 @@ class TrainConfig:
     augment: AugmentConfig = AugmentConfig()
     balance_lesions_mm2: float = 0.0     # 0: every lesion voxel weighs the same
     sample_by_lesion: bool = False       # positive crops: each lesion as often (`Sampler`)
+    favour_faint_sd: float = 0.0         # ... and faint ones (contrast under this) more often
     mr_weighting: bool = False           # MR: a second input channel says T1 or T2
 
 
@@ -140,7 +142,9 @@ def train(config: TrainConfig) -> Path | None:
         _say(rank, f"resumed from {last} after epoch {start}")
     model = torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net
     sampler = Sampler(train_data, config.crop or DEFAULT_CROP[config.modality],
-                      config.positive_fraction, rng, by_lesion=config.sample_by_lesion)
+                      config.positive_fraction, rng, by_lesion=config.sample_by_lesion,
+                      faint_sd=config.favour_faint_sd,
+                      shell_px=tuple(round(mm / spec.spacing_mm) for mm in SHELL_MM))
     total = config.epochs * config.steps_per_epoch
     for epoch in range(start, config.epochs):
         frozen = epoch < config.freeze_encoder_epochs

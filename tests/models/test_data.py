@@ -140,3 +140,34 @@ def test_sampling_by_lesion_draws_a_small_lesion_as_often_as_a_large_one():
 
     assert small_share(by_lesion=False) < 0.05
     assert 0.4 < small_share(by_lesion=True) < 0.6
+
+
+def test_favouring_faint_lesions_draws_a_faint_lesion_more_often():
+    """Two lesions of one size on noise of SD 1: one 10 above it, one 1 above it. Their
+    measured contrasts are about 10 and 1 SD; with faint_sd=3 the faint one weighs 3 (3/1)
+    and the bright one 1 (never below 1), so crops land on the faint one about 3 times in 4,
+    where sampling by lesion alone gives half."""
+    from models.data import CaseData, Sampler, lesion_contrast, lesion_voxels
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 1, (4, 1, 64, 64))
+    masks = np.zeros((4, 64, 64), np.uint8)
+    masks[1:3, 8:16, 8:16] = 1                 # bright
+    masks[1:3, 40:48, 40:48] = 1               # faint
+    image[1:3, 0, 8:16, 8:16] += 10
+    image[1:3, 0, 40:48, 40:48] += 1
+    case = CaseData("case", image.astype(np.float16), masks)
+    bright, faint = sorted(lesion_voxels(masks), key=lambda v: v[0, 1])
+    assert 8 < lesion_contrast(case, bright, (2, 6)) < 12
+    assert 0.5 < lesion_contrast(case, faint, (2, 6)) < 1.5
+
+    def faint_share(faint_sd: float) -> float:
+        sampler = Sampler([case], crop=16, positive_fraction=1.0, rng=np.random.default_rng(0),
+                          by_lesion=True, faint_sd=faint_sd)
+        images, crop_masks, tumour = sampler.batch(800)
+        assert tumour.min() == 1
+        return float(np.mean([crop[0][mask[0] > 0].mean() < 5      # on the faint one
+                              for crop, mask in zip(images, crop_masks, strict=True)]))
+
+    assert 0.44 < faint_share(0.0) < 0.56
+    assert 0.69 < faint_share(3.0) < 0.81
