@@ -240,7 +240,9 @@ def split_by_patient(cases: Sequence, fraction: float) -> tuple[list, list]:
     return [c for c in cases if c.name not in val], [c for c in cases if c.name in val]
 
 
-SHELL_MM = (4.0, 12.0)      # the surroundings of a lesion, beyond its edge (conspicuity)
+# A lesion's surroundings: this far beyond its radius (evaluation's conspicuity) or its
+# edge (`lesion_contrast`, for sampling faint lesions in training).
+SHELL_MM = (4.0, 12.0)
 
 
 class Sampler:
@@ -253,7 +255,8 @@ class Sampler:
     each as often as any other, and then one of its voxels. With `faint_sd` as well, a
     lesion that stands out from its surroundings by less than that many standard
     deviations (`lesion_contrast`, in-plane shell `shell_px`) is drawn faint_sd/contrast
-    times as often, at most `MAX_FAINT_WEIGHT` times."""
+    times as often, at most `MAX_FAINT_WEIGHT` times (one whose contrast cannot be
+    measured, once)."""
 
     MAX_FAINT_WEIGHT = 4.0
 
