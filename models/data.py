@@ -268,15 +268,15 @@ class Sampler:
         self.index = [(c, s) for c, case in enumerate(cases) for s in range(len(case.images))]
         self.positives = [(c, s) for c, case in enumerate(cases)
                           for s in np.flatnonzero(case.tumour)]
+        by_lesion = by_lesion or faint_sd > 0
         self.lesions = [(c, voxels) for c, case in enumerate(cases)
-                        for voxels in lesion_voxels(case.masks)] \
-            if by_lesion or faint_sd else None
-        self.lesion_p = None
-        if faint_sd and self.lesions:
+                        for voxels in lesion_voxels(case.masks)] if by_lesion else None
+        self.lesion_p = None                # None: every lesion as likely
+        if faint_sd > 0 and self.lesions:
             contrast = np.array([lesion_contrast(cases[c], voxels, shell_px)
                                  for c, voxels in self.lesions])
-            weight = np.clip(faint_sd / np.maximum(np.nan_to_num(contrast, nan=faint_sd), 1e-6),
-                             1.0, self.MAX_FAINT_WEIGHT)
+            weight = np.clip(faint_sd / np.maximum(contrast, 1e-6), 1.0, self.MAX_FAINT_WEIGHT)
+            weight[np.isnan(contrast)] = 1.0
             self.lesion_p = weight / weight.sum()
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
