@@ -32,6 +32,7 @@ from edge.inference.postprocess import NEIGHBOURS
 from edge.inference.preprocess import preprocess, resample
 from edge.inference.spec import ModelSpec
 from edge.ingest.reader import read_file
+from edge.series.geometry import analyse_geometry
 from edge.values import Patient, Rescale, Slice, SliceHeader
 
 TUMOUR_WORDS = re.compile(r"tumou?r|cancer|lesion|nodule|metasta|mass", re.IGNORECASE)
@@ -68,6 +69,10 @@ class DicomCase:
                       if p.is_file() and not {s.lower() for s in p.suffixes} & NOT_DICOM)
 
     def slices(self) -> tuple[list[Slice], list[np.ndarray]]:
+        """Planes and their masks in anatomical order, as the appliance orders a series
+        (`analyse_geometry`): file names say nothing of position, and a lesion is a 3D
+        region of the mask stack (`lesion_voxels`) only when neighbouring planes are
+        neighbours in it."""
         saved = np.load(self.folder / "mask.npz")
         by_uid = dict(zip(saved["sop_instance_uids"].tolist(), saved["labels"], strict=True))
         planes, masks = [], []
@@ -83,7 +88,8 @@ class DicomCase:
                                      f"SOPInstanceUID {plane.header.sop_instance_uid}")
                 planes.append(plane)
                 masks.append(mask > 0)
-        return planes, masks
+        order = analyse_geometry([p.header for p in planes]).order
+        return [planes[i] for i in order], [masks[i] for i in order]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import nibabel
 import numpy as np
@@ -98,6 +99,24 @@ def test_dicom_case_with_a_mask_missing_a_plane_is_refused(pet_cases, tmp_path):
              sop_instance_uids=saved["sop_instance_uids"][1:])
     with pytest.raises(ModelError, match="mask.npz has no plane for SOPInstanceUID"):
         DicomCase(folder).slices()
+
+
+def test_a_dicom_case_reads_in_anatomical_order_so_each_lesion_is_one_3d_region(pet_cases):
+    """The series' file names are random UIDs; read in their order, a lesion's planes lie
+    apart in the mask stack and one lesion counts as several (and sampling by lesion
+    weighs it by its slices). Read in anatomical order, the stack holds as many 3D
+    regions as truth.json lists lesions."""
+    from edge.series.geometry import analyse_geometry
+    from models.data import lesion_voxels
+
+    for folder in pet_cases:
+        names = [p.name for p in DicomCase(folder).files()]
+        planes, masks = DicomCase(folder).slices()
+        assert analyse_geometry([p.header for p in planes]).order == tuple(range(len(planes)))
+        assert [Path(p.header.path).name for p in planes] != names   # not in file order
+        lesions = json.loads((folder / "truth.json").read_text())["lesions"]
+        assert len(lesion_voxels(np.stack(masks))) == len(lesions)
+    assert any(json.loads((f / "truth.json").read_text())["lesions"] for f in pet_cases)
 
 
 @dataclass(frozen=True)
