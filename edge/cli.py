@@ -233,6 +233,10 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True, help="output folder")
     synth.add_argument("--first-case", type=int, default=0, help="index of the first case")
     synth.add_argument("--workers", type=int, default=1, help="parallel processes")
+    synth.add_argument("--faint", type=float, default=0.0, metavar="SHARE",
+                       help="for training sets: draw this share of lesions barely above their "
+                            "organ (PET uptake 1.2-2 times the organ's, CT and MR at the low "
+                            "end of their contrast); default 0")
     synth.set_defaults(handler=_synth)
     return parser
 
@@ -487,8 +491,10 @@ def _bench(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from models.synthetic.series import synthesize
 
+    if not 0 <= args.faint <= 1:
+        raise ScansideError(f"--faint {args.faint}: expected a share between 0 and 1")
     folders = synthesize(args.modality, args.cases, args.seed, args.out, args.workers,
-                         args.first_case)
+                         args.first_case, args.faint)
     print(f"wrote {len(folders)} {args.modality} series to {args.out}")
     return 0
 

@@ -8,7 +8,7 @@ modality physics (`physics.py`) turns tissues into image values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import numpy as np
@@ -43,6 +43,7 @@ class Tissue(IntEnum):
 
 LESION_KINDS = ("round", "ellipsoid", "lobulated", "spiculated", "rim", "cyst")
 ORGAN_WEIGHTS = {"liver": 0.42, "lung": 0.2, "kidney": 0.14, "spleen": 0.1, "soft": 0.14}
+CYST_UPTAKE = 0.6        # PET: a cystic tumour's uptake against a solid one's
 ORGAN_TISSUE = {"liver": Tissue.LIVER, "lung": Tissue.LUNG, "kidney": Tissue.KIDNEY,
                 "spleen": Tissue.SPLEEN, "soft": Tissue.SOFT}
 
@@ -126,8 +127,10 @@ class _Boxes:
         return self.all if mask is None else np.flatnonzero(mask)
 
 
-def sample_patient(rng: np.random.Generator, n_lesions: int | None = None) -> Patient:
-    """Draw one patient with `n_lesions` lesions (random 0-4, a quarter without, if None)."""
+def sample_patient(rng: np.random.Generator, n_lesions: int | None = None,
+                   faint: float = 0.0) -> Patient:
+    """Draw one patient with `n_lesions` lesions (random 0-4, a quarter without, if None),
+    each drawn faint (see `_faint`) with probability `faint`."""
     a, b = rng.uniform(125, 185), rng.uniform(90, 135)
     diaphragm = rng.uniform(190, 230)
     trunk = EllipticCylinder(np.array([0.0, 0.0]), np.array([a, b]), (-60.0, 420.0),
@@ -157,8 +160,8 @@ def sample_patient(rng: np.random.Generator, n_lesions: int | None = None) -> Pa
     patient = Patient(tuple(layers), (), trunk, diaphragm, weight, scan)
     count = n_lesions if n_lesions is not None else (
         0 if rng.random() < 0.25 else int(rng.integers(1, 5)))
-    return Patient(tuple(layers), _lesions(rng, patient, organs, count), trunk, diaphragm,
-                   weight, scan)
+    return Patient(tuple(layers), _lesions(rng, patient, organs, count, faint), trunk,
+                   diaphragm, weight, scan)
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,7 @@ def _bowel_gas(rng, a, b, dz):
     return pockets
 
 
-def _lesions(rng, patient: Patient, organs, count: int) -> tuple[Lesion, ...]:
+def _lesions(rng, patient: Patient, organs, count: int, faint: float) -> tuple[Lesion, ...]:
     cavity = _Shrunk(patient.trunk, 45)
     hosts = {"liver": organs["liver"], "lung": organs["lung"], "kidney": organs["kidney"],
              "spleen": organs["spleen"], "soft": cavity}
@@ -270,6 +273,8 @@ def _lesions(rng, patient: Patient, organs, count: int) -> tuple[Lesion, ...]:
             continue
         kinds = ("round", "spiculated", "lobulated") if organ == "lung" else LESION_KINDS
         lesion = _lesion(rng, str(rng.choice(kinds)), organ, center, diameter)
+        if faint and rng.random() < faint:
+            lesion = _faint(rng, lesion)
         # The organ's shape lies partly under later layers (the heart over the lung, the
         # kidney over the liver): the lesion's centre, as truth.json gives it, must lie
         # where the organ's own tissue shows, or its contrast is set against the wrong one.
@@ -316,6 +321,17 @@ def _lesion(rng, kind: str, organ: str, center: np.ndarray, diameter: float) -> 
     centroid, volume = measure(solid)
     return Lesion(kind, organ, solid, core, centroid, volume, float(rng.uniform(0.35, 1.0)),
                   int(rng.choice([-1, 1], p=[0.65, 0.35])), float(rng.uniform(2.0, 6.0)))
+
+
+def _faint(rng, lesion: Lesion) -> Lesion:
+    """The lesion at the low end of what its modality shows: PET uptake 1.2-2 times its
+    organ's (or SUV 1.5's, where the organ's is lower), cysts too (otherwise only cysts
+    come under 2), CT and MR strength 0.1-0.35.
+    For training sets: a network rarely shown a lesion barely above its organ does not
+    learn to mark one."""
+    ratio = rng.uniform(1.2, 2.0)
+    return replace(lesion, strength=float(rng.uniform(0.1, 0.35)),
+                   uptake=float(ratio / CYST_UPTAKE if lesion.kind == "cyst" else ratio))
 
 
 def measure(shape, cells: int = 48) -> tuple[np.ndarray, float]:

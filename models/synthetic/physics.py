@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from models.synthetic.anatomy import ORGAN_TISSUE, Lesion, Patient, Tissue
+from models.synthetic.anatomy import CYST_UPTAKE, ORGAN_TISSUE, Lesion, Patient, Tissue
 
 T = Tissue
 
@@ -123,7 +123,7 @@ def lesion_values(lesion: Lesion, a: Appearance) -> tuple[float, float]:
     if lesion.kind == "rim":
         return uptake, max(host * 0.4, 0.3)
     if lesion.kind == "cyst":                        # a mildly avid cystic tumour
-        return uptake * 0.6, uptake * 0.6
+        return uptake * CYST_UPTAKE, uptake * CYST_UPTAKE
     return uptake, uptake
 
 

@@ -101,8 +101,10 @@ def sample_protocol(modality: str, rng: np.random.Generator) -> Protocol:
 
 
 def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1,
-               first_case: int = 0) -> list[Path]:
+               first_case: int = 0, faint: float = 0.0) -> list[Path]:
     """Write `cases` series; case k uses the random stream (seed, k) whoever runs it.
+    `faint`: the share of lesions drawn at the low end of their modality's contrast
+    (`anatomy._faint`), for training sets; 0 (the default) draws exactly as before.
     ScansideError, before anything is written, when a series' folder already holds files:
     synthesised again, a series gets new UIDs and often new file names, and the old
     files would stay in its folder as a second series."""
@@ -118,11 +120,11 @@ def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1
     bar = tqdm(total=cases, desc=f"synth {modality}", unit="series")
     if workers <= 1:
         for k in indices:
-            done.append(write_case(modality, seed, k, out))
+            done.append(write_case(modality, seed, k, out, faint))
             bar.update()
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(write_case, modality, seed, k, out) for k in indices]
+            futures = [pool.submit(write_case, modality, seed, k, out, faint) for k in indices]
             for future in as_completed(futures):
                 done.append(future.result())
                 bar.update()
@@ -134,10 +136,10 @@ def series_folder(out: Path, modality: str, seed: int, index: int) -> Path:
     return out / f"{modality}-{seed}-{index:04d}"
 
 
-def write_case(modality: str, seed: int, index: int, out: Path) -> Path:
+def write_case(modality: str, seed: int, index: int, out: Path, faint: float = 0.0) -> Path:
     """Draw, render and write one series; returns its folder."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, _code(modality)]))
-    patient = sample_patient(rng)
+    patient = sample_patient(rng, faint=faint)
     appearance = sample_appearance(modality, rng)
     protocol = sample_protocol(modality, rng)
     folder = series_folder(out, modality, seed, index)
@@ -156,7 +158,7 @@ def write_case(modality: str, seed: int, index: int, out: Path) -> Path:
     np.savez_compressed(folder / "mask.npz", labels=labels,
                         sop_instance_uids=np.array([planes[i][1].sop_uid for i in order]))
     _write_truth(folder, identity, [patient.lesions[i] for i in imaged], protocol, appearance,
-                 seed, index)
+                 seed, index, faint)
     return folder
 
 
@@ -228,7 +230,7 @@ def _name(protocol: Protocol, plane: DicomPlane, modality: str, rng) -> str:
 
 
 def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], protocol: Protocol,
-                 appearance: Appearance, seed: int, index: int) -> None:
+                 appearance: Appearance, seed: int, index: int, faint: float) -> None:
     truth = {
         "series_uid": identity.series_uid,
         "modality": identity.modality,
@@ -247,6 +249,7 @@ def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], 
                       "transfer_syntax": str(protocol.storage.transfer_syntax.name),
                       "weighting": appearance.weighting or None,
                       **({"fat_suppressed": appearance.fat_suppressed}
-                         if identity.modality == "MR" else {})},
+                         if identity.modality == "MR" else {}),
+                      **({"faint": faint} if faint else {})},
     }
     (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")

@@ -17,7 +17,7 @@ from edge.series.geometry import analyse_geometry
 from models.data import DicomCase
 from models.synthetic.anatomy import ORGAN_TISSUE, sample_patient
 from models.synthetic.anatomy import Tissue as T
-from models.synthetic.physics import sample_appearance
+from models.synthetic.physics import lesion_values, sample_appearance
 
 
 def read_series(folder):
@@ -114,6 +114,33 @@ def test_synth_command_writes_readable_mr_series(tmp_path):
     t2 = generator["weighting"] == "T2"
     assert (float(tags.EchoTime) > 60, float(tags.RepetitionTime) > 2000) == (t2, t2)
     assert ("FS" in tags.ScanOptions) == generator["fat_suppressed"]
+
+
+def test_faint_lesions_stand_1_2_to_2_times_above_their_organ_in_pet_and_none_else_change():
+    """`synth --faint` for training sets; without it a patient is drawn exactly as before."""
+    ratios, kinds = [], set()
+    for case in range(40):
+        plain = sample_patient(np.random.default_rng(case)).lesions
+        same = sample_patient(np.random.default_rng(case), faint=0.0).lesions
+        assert [(a.volume_mm3, a.uptake) for a in plain] == [(b.volume_mm3, b.uptake) for b in same]
+        rng = np.random.default_rng(case)
+        patient, pet = sample_patient(rng, faint=1.0), sample_appearance("PT", rng)
+        for lesion in patient.lesions:
+            organ = max(pet.tissue[ORGAN_TISSUE[lesion.organ]], 1.5)
+            ratios.append(lesion_values(lesion, pet)[0] / organ)
+            kinds.add(lesion.kind)
+            assert 0.1 <= lesion.strength <= 0.35
+    assert len(ratios) > 40 and "cyst" in kinds
+    assert min(ratios) >= 1.2 and max(ratios) <= 2.0
+
+
+def test_synth_refuses_a_faint_share_outside_0_to_1(tmp_path, capsys):
+    from edge.cli import main
+
+    assert main(["synth", "--modality", "PT", "--cases", "1", "--seed", "1",
+                 "--out", str(tmp_path / "s"), "--faint", "1.5"]) == 2
+    assert "--faint 1.5: expected a share between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_mr_tissues_vary_between_patients_about_their_weighting_s_values():
