@@ -212,7 +212,7 @@ operating point above is one point of it), lesion sensitivity at a false-positiv
 scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
 Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
 listed in `eval/eval.json` with its size, shape, organ and conspicuity.
-{_conspicuity_line(evaluation)}{groups}
+{_conspicuity_line(evaluation)}{_kind_line(evaluation)}{groups}
 ## Conversion parity
 
 {_parity_line(folder / 'onnx-parity.json')}
@@ -236,6 +236,17 @@ def _conspicuity_line(evaluation: dict) -> str:
     return "\n" + textwrap.fill(
         "By conspicuity (the lesion's mean network input against a shell 4-12 mm outside it, "
         f"in standard deviations of the shell), sensitivity: {parts}.", 90) + "\n"
+
+
+def _kind_line(evaluation: dict) -> str:
+    """Lesions found per kind, where the truth names kinds (synthetic sets do)."""
+    kinds = evaluation.get("by_kind")
+    if not kinds:
+        return ""
+    parts = ", ".join(f"{k['found']} of {k['lesions']} {kind} ({k['found_10mm_or_more']} of "
+                      f"{k['lesions_10mm_or_more']})" for kind, k in kinds.items())
+    return "\n" + textwrap.fill(
+        f"By kind, lesions found (>= 10 mm in brackets): {parts}.", 90) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,3 +192,15 @@ def test_sensitivity_is_reported_per_band_of_conspicuity():
         "3 SD or more": {"lesions": 1, "sensitivity": 1.0}}
     assert [x["conspicuity_sd"] for x in m["missed"]] == [1.2, None]
     assert "below 2 SD" in Report({"CT": m}).table()
+
+
+def test_lesions_found_are_counted_per_kind_where_the_truth_names_it():
+    cyst, round_ = {**lesion(0, 25.0), "kind": "cyst"}, {**lesion(100, 8.0), "kind": "round"}
+    cases = [case("a", [cyst, round_], [finding(100)]),
+             case("b", [{**lesion(0, 12.0), "kind": "cyst"}], [finding(0)])]
+    m = metrics(cases)
+    assert m["by_kind"] == {
+        "cyst": {"lesions": 2, "found": 1, "lesions_10mm_or_more": 2, "found_10mm_or_more": 1},
+        "round": {"lesions": 1, "found": 1, "lesions_10mm_or_more": 0, "found_10mm_or_more": 0}}
+    assert "| CT | cyst | 1 of 2 | 1 of 2 |" in Report({"CT": m}).table()
+    assert metrics([case("c", [lesion(0)], [])])["by_kind"] == {}
