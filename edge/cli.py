@@ -235,8 +235,8 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=1, help="parallel processes")
     synth.add_argument("--faint", type=float, default=0.0, metavar="SHARE",
                        help="for training sets: draw this share of lesions barely above their "
-                            "organ (PET uptake 1.2-2 times the organ's, CT and MR at the low "
-                            "end of their contrast); default 0")
+                            "organ (PET uptake 1.2-2 times the organ's; CT and MR solid "
+                            "lesions at the low end of their contrast); default 0")
     synth.set_defaults(handler=_synth)
     return parser
 

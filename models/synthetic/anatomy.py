@@ -326,7 +326,8 @@ def _lesion(rng, kind: str, organ: str, center: np.ndarray, diameter: float) -> 
 def _faint(rng, lesion: Lesion) -> Lesion:
     """The lesion at the low end of what its modality shows: PET uptake 1.2-2 times its
     organ's (or SUV 1.5's, where the organ's is lower), cysts too (otherwise only cysts
-    come under 2), CT and MR strength 0.1-0.35.
+    come under 2), CT and MR strength 0.1-0.35 (which sets the contrast of solid lesions and
+    CT rims; cysts and MR rims keep theirs).
     For training sets: a network rarely shown a lesion barely above its organ does not
     learn to mark one."""
     ratio = rng.uniform(1.2, 2.0)
