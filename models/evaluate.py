@@ -191,8 +191,7 @@ def sensitivity_at(points: Sequence[dict], fp_per_scan: float) -> float:
 
 def lesion_metrics(cases: Sequence[CaseResult]) -> dict:
     """Lesion sensitivity (all, >= 10 mm), false positives per scan and the FROC."""
-    lesions = [(lesion, any(m == i for m in c.matches)) for c in cases
-               for i, lesion in enumerate(c.truth)]
+    lesions = [(lesion, i in c.matches) for c in cases for i, lesion in enumerate(c.truth)]
     large = [hit for lesion, hit in lesions if lesion["diameter_mm"] >= 10]
     points = froc(cases)
     return {
@@ -214,7 +213,7 @@ def _by_conspicuity(cases: Sequence[CaseResult]) -> dict:
         for i, value in enumerate(c.conspicuity):
             if not math.isnan(value):
                 band = CONSPICUITY_BANDS[int(np.searchsorted(CONSPICUITY_SD, value, "right"))]
-                bands[band].append(any(m == i for m in c.matches))
+                bands[band].append(i in c.matches)
     return {name: {"lesions": len(hits), "sensitivity": _ratio(sum(hits), len(hits))}
             for name, hits in bands.items()}
 
@@ -227,7 +226,7 @@ def _by_kind(cases: Sequence[CaseResult]) -> dict:
         for i, lesion in enumerate(c.truth):
             if "kind" in lesion:
                 kinds.setdefault(lesion["kind"], []).append(
-                    (lesion["diameter_mm"] >= 10, any(m == i for m in c.matches)))
+                    (lesion["diameter_mm"] >= 10, i in c.matches))
     return {kind: {"lesions": len(rows), "found": sum(hit for _, hit in rows),
                    "lesions_10mm_or_more": sum(large for large, _ in rows),
                    "found_10mm_or_more": sum(large and hit for large, hit in rows)}
@@ -254,7 +253,7 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
         "failed_series": [c.name for c in cases if c.status == "failed"],
         "missed": [{"case": c.name, **lesion, "conspicuity_sd": _conspicuity(c, i)}
                    for c in cases for i, lesion in enumerate(c.truth)
-                   if not any(m == i for m in c.matches)],
+                   if i not in c.matches],
     }
     by_source = {source: [c for c in cases if c.source == source]
                  for source in sorted({c.source for c in cases})}
