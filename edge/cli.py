@@ -145,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
                             "surroundings in the network input by less than SD standard "
                             "deviations SD/contrast times as often (at most 4x; default 0: "
                             "off)")
+    train.add_argument("--hard-negatives", type=float, default=0.0, metavar="SHARE",
+                       help="centre this share of crops on spots where the network marks a "
+                            "lesion that is not there, found again before every epoch by "
+                            "running it over the training slices (default 0: off)")
     train.add_argument("--mr-weighting", action="store_true",
                        help="MR: give the network a second input channel saying whether "
                             "the echo and repetition times weight a slice by T1 or T2")
@@ -315,7 +319,8 @@ def _train(args: argparse.Namespace) -> int:
         workers=args.workers, init_encoder=args.init_encoder, init_weights=args.init_weights,
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
         balance_lesions_mm2=args.balance_lesions_mm2, sample_by_lesion=args.sample_by_lesion,
-        favour_faint_sd=args.favour_faint, mr_weighting=args.mr_weighting,
+        favour_faint_sd=args.favour_faint, hard_negative_fraction=args.hard_negatives,
+        mr_weighting=args.mr_weighting,
         tumour_labels=tuple(args.tumour_labels) if args.tumour_labels else None))
     if best is not None:
         print(f"best model: {best}")

@@ -262,15 +262,22 @@ class Sampler:
     lesion that stands out from its surroundings by less than that many standard
     deviations (`lesion_contrast`, in-plane shell `shell_px`) is drawn faint_sd/contrast
     times as often, at most `MAX_FAINT_WEIGHT` times (one whose contrast cannot be
-    measured, once)."""
+    measured, once).
+
+    A `hard_negative_fraction` of crops is centred (with the same jitter) on one of
+    `false_spots`, (case, slice, row, column) peaks of where a network marks a lesion that
+    is not there (`false_spot_peaks`), each spot as often as any other; the trainer sets
+    them. The rest are anywhere on a random slice."""
 
     MAX_FAINT_WEIGHT = 4.0
 
     def __init__(self, cases: Sequence[CaseData], crop: int | None, positive_fraction: float,
                  rng: np.random.Generator, by_lesion: bool = False, faint_sd: float = 0.0,
-                 shell_px: tuple[int, int] = (2, 6)):
+                 shell_px: tuple[int, int] = (2, 6), hard_negative_fraction: float = 0.0):
         self.cases, self.crop, self.rng = cases, crop, rng
         self.positive_fraction = positive_fraction
+        self.hard_negative_fraction = hard_negative_fraction
+        self.false_spots: list[tuple[int, int, int, int]] = []
         self.index = [(c, s) for c, case in enumerate(cases) for s in range(len(case.images))]
         self.positives = [(c, s) for c, case in enumerate(cases)
                           for s in np.flatnonzero(case.tumour)]
@@ -287,9 +294,14 @@ class Sampler:
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images, masks = [], []
+        hard = self.positive_fraction + self.hard_negative_fraction
         for _ in range(size):
-            if self.positives and self.rng.random() < self.positive_fraction:
+            draw = self.rng.random() if self.positives or self.false_spots else 1.0
+            if self.positives and draw < self.positive_fraction:
                 c, s, centre = self._lesion_voxel()
+            elif self.false_spots and self.positive_fraction <= draw < hard:
+                c, s, row, col = self.false_spots[self.rng.integers(len(self.false_spots))]
+                centre = (row, col)
             else:
                 (c, s), centre = self.index[self.rng.integers(len(self.index))], None
             image, mask = self._crop(self.cases[c].images[s], self.cases[c].masks[s], centre)
@@ -324,6 +336,21 @@ class Sampler:
         left = int(np.clip(left, 0, size - self.crop))
         window = (slice(top, top + self.crop), slice(left, left + self.crop))
         return image[(slice(None), *window)], mask[window]
+
+
+def false_spot_peaks(probabilities: np.ndarray, masks: np.ndarray, margin_px: int,
+                     threshold: float = 0.5) -> list[tuple[int, int, int]]:
+    """Where a network marks a lesion that is not there, in one case: the (slice, row,
+    column) of the most probable pixel of each region, connected on its slice, of pixels
+    at `threshold` or above that lie more than `margin_px` pixels (in the plane) from
+    every lesion pixel of `masks`. Both arrays are (slices, rows, columns)."""
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = True
+    near = (ndimage.binary_dilation(masks > 0, structure=in_plane, iterations=margin_px)
+            if margin_px else masks > 0)          # iterations=0 would grow them to fill
+    labels, count = ndimage.label((probabilities >= threshold) & ~near, structure=in_plane)
+    peaks = ndimage.maximum_position(probabilities, labels, range(1, count + 1))
+    return [tuple(int(i) for i in peak) for peak in peaks]
 
 
 def lesion_voxels(masks: np.ndarray) -> list[np.ndarray]:

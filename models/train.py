@@ -8,7 +8,11 @@ Transfer learning: `init_encoder` copies another model's encoder (CT into PET, s
 `init_weights` starts from every weight of a model of the same modality, to fine-tune it
 on more data. Sampling oversamples slices with lesions and crops around them, each
 lesion in proportion to its volume or, with `sample_by_lesion`, each as often (and with
-`favour_faint_sd` faint ones more often, as `Sampler` says); every
+`favour_faint_sd` faint ones more often, as `Sampler` says). With
+`hard_negative_fraction`, that share of crops is centred on spots where the network itself
+marks a lesion that is not there, found again at the start of every epoch by running it
+over every training slice (`false_spots`; on CPU about as long as the validation of that
+many cases), so that it learns what its false candidates look like. Every
 batch is augmented (`augment.py`). The validation split is by patient and depends on
 the case names only, so a fine-tuning never validates on its starting point's training
 cases (`split_by_patient`). Each epoch ends
@@ -36,7 +40,16 @@ from edge.errors import ModelError
 from edge.inference.spec import Intensity, ModelSpec
 from models.augment import AugmentConfig, augment
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from models.data import SHELL_MM, CaseData, Sampler, digest, find_cases, load_all, split_by_patient
+from models.data import (
+    SHELL_MM,
+    CaseData,
+    Sampler,
+    digest,
+    false_spot_peaks,
+    find_cases,
+    load_all,
+    split_by_patient,
+)
 from models.network import DetectionNet, NetworkConfig
 
 DEFAULT_SPECS = {
@@ -77,12 +90,18 @@ class TrainConfig:
     balance_lesions_mm2: float = 0.0     # 0: every lesion voxel weighs the same
     sample_by_lesion: bool = False       # positive crops: each lesion as often (`Sampler`)
     favour_faint_sd: float = 0.0         # ... and faint ones (contrast under this) more often
+    hard_negative_fraction: float = 0.0  # crops on the network's own false spots (`Sampler`)
     mr_weighting: bool = False           # MR: a second input channel says T1 or T2
 
 
 def train(config: TrainConfig) -> Path | None:
     """Train, checkpointing every epoch; returns the path of the best model (None in the
     other processes of a distributed run)."""
+    shares = (config.positive_fraction, config.hard_negative_fraction)
+    if min(shares) < 0 or sum(shares) > 1:
+        raise ModelError(f"positive fraction {config.positive_fraction} and hard-negative "
+                         f"fraction {config.hard_negative_fraction}: expected shares of the "
+                         f"crops, each at least 0 and together at most 1")
     rank, world, device = _distributed(config.device)
     torch.manual_seed(config.seed + rank)
     generator = torch.Generator().manual_seed(config.seed + rank)
@@ -144,10 +163,19 @@ def train(config: TrainConfig) -> Path | None:
     sampler = Sampler(train_data, config.crop or DEFAULT_CROP[config.modality],
                       config.positive_fraction, rng, by_lesion=config.sample_by_lesion,
                       faint_sd=config.favour_faint_sd,
-                      shell_px=tuple(round(mm / spec.spacing_mm) for mm in SHELL_MM))
+                      shell_px=tuple(round(mm / spec.spacing_mm) for mm in SHELL_MM),
+                      hard_negative_fraction=config.hard_negative_fraction)
     total = config.epochs * config.steps_per_epoch
     for epoch in range(start, config.epochs):
         frozen = epoch < config.freeze_encoder_epochs
+        mined = {}
+        if config.hard_negative_fraction:
+            sampler.false_spots = false_spots(net, train_data, device,
+                                              round(FALSE_SPOT_MARGIN_MM / spec.spacing_mm),
+                                              progress=rank == 0)
+            mined = {"false_spots": len(sampler.false_spots)}
+            _say(rank, f"epoch {epoch + 1}: {len(sampler.false_spots)} false spots in "
+                       f"{len(train_data)} training cases")
         net.train()
         set_encoder_trainable(net, not frozen)
         losses = []
@@ -173,7 +201,7 @@ def train(config: TrainConfig) -> Path | None:
         if rank == 0:
             metrics = validate(net, val_data, device)
             history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                            "encoder_frozen": frozen, **metrics})
+                            "encoder_frozen": frozen, **mined, **metrics})
             improved = metrics["val_dice"] > best
             best = max(best, metrics["val_dice"])
             checkpoint = Checkpoint(net.config, spec, net.state_dict(), epoch + 1,
@@ -249,6 +277,26 @@ def validate(net: DetectionNet, cases: list[CaseData], device, batch: int = 16) 
     dice = 2 * intersection / (predicted + truth) if predicted + truth else 1.0
     area = auc(np.array(scores), np.array(labels))
     return {"val_dice": float(dice), "val_slice_auc": None if np.isnan(area) else area}
+
+
+FALSE_SPOT_MARGIN_MM = 5.0    # marks this close to a lesion are its edge, not a false spot
+
+
+@torch.no_grad()
+def false_spots(net: DetectionNet, cases: list[CaseData], device, margin_px: int,
+                batch: int = 16, progress: bool = False) -> list[tuple[int, int, int, int]]:
+    """(case, slice, row, column) of each spot where `net` marks a lesion (probability
+    0.5 or more) more than `margin_px` pixels from every true one (`false_spot_peaks`)."""
+    net.eval()
+    spots = []
+    for c, case in enumerate(tqdm(cases, desc="finding false spots", unit="case",
+                                  disable=not progress, leave=False)):
+        maps = np.concatenate([
+            torch.sigmoid(net(torch.from_numpy(case.images[start:start + batch]
+                                               .astype(np.float32)).to(device))[0][:, 0])
+            .cpu().numpy() for start in range(0, len(case.images), batch)])
+        spots += [(c, *peak) for peak in false_spot_peaks(maps, case.masks, margin_px)]
+    return spots
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -192,3 +192,51 @@ def test_favouring_faint_lesions_draws_a_faint_lesion_more_often():
 
     assert 0.44 < faint_share(0.0) < 0.56
     assert 0.69 < faint_share(3.0) < 0.81
+
+
+def test_false_spots_are_the_peaks_of_marks_away_from_every_lesion():
+    """A lesion marked one pixel too wide is its edge, not a false spot; a mark 8 pixels
+    away is one, found at its most probable pixel; so is a mark on a slice without lesions.
+    With no margin the lesion's over-marked rim is a spot too."""
+    from models.data import false_spot_peaks
+
+    probabilities = np.zeros((3, 20, 20))
+    masks = np.zeros((3, 20, 20), np.uint8)
+    masks[1, 5:8, 5:8] = 1
+    probabilities[1, 4:9, 4:9] = 0.9
+    probabilities[1, 15:18, 15:18] = 0.6
+    probabilities[1, 16, 17] = 0.8
+    probabilities[2, 2, 2] = 0.7
+    probabilities[0, 10, 10] = 0.49                      # below the threshold
+    assert false_spot_peaks(probabilities, masks, margin_px=2) == [(1, 16, 17), (2, 2, 2)]
+    assert len(false_spot_peaks(probabilities, masks, margin_px=0)) == 3
+
+
+def test_hard_negative_crops_centre_on_the_false_spots_and_change_nothing_without_them():
+    """Every hard-negative crop holds its spot (image 3 there, no lesion); with shares
+    0.3 / 0.4 about 0.4 of crops do. With no spots set, the batches are those of a sampler
+    without the option, draw for draw."""
+    from models.data import CaseData, Sampler
+
+    image = np.zeros((4, 1, 64, 64), np.float16)
+    image[1, 0, 5:8, 5:8] = 1                              # the lesion
+    image[2, 0, 50, 40] = 3                                # where a network marks one
+    case = CaseData("case", image, (image[:, 0] == 1).astype(np.uint8))
+
+    def sampler(hard):
+        return Sampler([case], crop=16, positive_fraction=0.3, rng=np.random.default_rng(0),
+                       hard_negative_fraction=hard)
+
+    plain, unset = sampler(0.0), sampler(0.4)
+    for a, b in zip(plain.batch(50), unset.batch(50), strict=True):
+        assert np.array_equal(a, b)
+    hard = sampler(0.4)
+    hard.false_spots = [(0, 2, 50, 40)]
+    images, masks, tumour = hard.batch(1000)
+    on_spot = images.reshape(1000, -1).max(axis=1) == 3
+    assert 0.36 < on_spot.mean() < 0.44
+    assert masks[on_spot].max() == 0 and tumour[on_spot].max() == 0
+    only = Sampler([case], crop=16, positive_fraction=0.0, rng=np.random.default_rng(1),
+                   hard_negative_fraction=1.0)
+    only.false_spots = [(0, 2, 50, 40)]
+    assert (only.batch(200)[0].reshape(200, -1).max(axis=1) == 3).all()

@@ -20,6 +20,7 @@ from models.train import (
     STEM_WEIGHTS,
     TrainConfig,
     detection_loss,
+    false_spots,
     lesion_weights,
     set_encoder_trainable,
     train,
@@ -149,6 +150,31 @@ def test_training_writes_checkpoints_and_resumes_where_it_stopped(pet_cases, tmp
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert [h["train_loss"] for h in resumed.history[:2]] == \
         [h["train_loss"] for h in first.history]
+
+
+def test_false_spots_are_where_the_network_marks_a_lesion_that_is_not_there(pet_cases):
+    """A network that marks every pixel has one false spot on each slice (all but the
+    lesions and their margins is one region); one that marks none has none."""
+    case = prepare(DicomCase(pet_cases[0]), TINY_PET)
+    net = DetectionNet(TINY)
+    with torch.no_grad():
+        net.segment.weight.zero_()
+        net.segment.bias.fill_(20.0)
+        everywhere = false_spots(net, [case, case], "cpu", margin_px=1, batch=5)
+        net.segment.bias.fill_(-20.0)
+        nowhere = false_spots(net, [case], "cpu", margin_px=1)
+    assert len(everywhere) == 2 * len(case.images) and nowhere == []
+    assert {c for c, *_ in everywhere} == {0, 1}
+    for _, s, row, col in everywhere:
+        assert not case.masks[s, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].any()
+
+
+def test_training_against_false_spots_mines_them_every_epoch(pet_cases, tmp_path):
+    train(tiny_config(pet_cases, tmp_path, hard_negative_fraction=0.3))
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [isinstance(h["false_spots"], int) for h in history] == [True, True]
+    with pytest.raises(ModelError, match="hard-negative fraction 0.6"):
+        train(tiny_config(pet_cases, tmp_path / "no", hard_negative_fraction=0.6))
 
 
 def test_initialising_from_another_checkpoint_copies_its_encoder(pet_cases, tmp_path):
