@@ -258,22 +258,32 @@ def lesion_weights(masks: torch.Tensor, balance_pixels: float,
 
 
 @torch.no_grad()
+def case_probabilities(net: DetectionNet, case: CaseData, device,
+                       batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """`net`'s lesion probability maps (slices, rows, columns) and slice-head
+    probabilities (slices,) over every slice of `case`, `batch` slices at a time."""
+    maps, heads = [], []
+    for start in range(0, len(case.images), batch):
+        images = torch.from_numpy(case.images[start:start + batch].astype(np.float32))
+        lesion, tumour = net(images.to(device))
+        maps.append(torch.sigmoid(lesion[:, 0]).cpu().numpy())
+        heads.append(torch.sigmoid(tumour[:, 0]).cpu().numpy())
+    return np.concatenate(maps), np.concatenate(heads)
+
+
 def validate(net: DetectionNet, cases: list[CaseData], device, batch: int = 16) -> dict:
     """Pixel Dice over all validation slices and the slice-level head's AUC."""
     net.eval()
     intersection = predicted = truth = 0.0
     scores, labels = [], []
     for case in cases:
-        for start in range(0, len(case.images), batch):
-            images = torch.from_numpy(case.images[start:start + batch].astype(np.float32))
-            lesion, tumour = net(images.to(device))
-            hit = (torch.sigmoid(lesion[:, 0]) >= 0.5).cpu().numpy()
-            mask = case.masks[start:start + batch].astype(bool)
-            intersection += (hit & mask).sum()
-            predicted += hit.sum()
-            truth += mask.sum()
-            scores += torch.sigmoid(tumour[:, 0]).cpu().tolist()
-            labels += mask.reshape(len(mask), -1).any(axis=1).tolist()
+        maps, heads = case_probabilities(net, case, device, batch)
+        hit, mask = maps >= 0.5, case.masks.astype(bool)
+        intersection += (hit & mask).sum()
+        predicted += hit.sum()
+        truth += mask.sum()
+        scores += heads.tolist()
+        labels += mask.reshape(len(mask), -1).any(axis=1).tolist()
     dice = 2 * intersection / (predicted + truth) if predicted + truth else 1.0
     area = auc(np.array(scores), np.array(labels))
     return {"val_dice": float(dice), "val_slice_auc": None if np.isnan(area) else area}
@@ -282,7 +292,6 @@ def validate(net: DetectionNet, cases: list[CaseData], device, batch: int = 16) 
 FALSE_SPOT_MARGIN_MM = 5.0    # marks this close to a lesion are its edge, not a false spot
 
 
-@torch.no_grad()
 def false_spots(net: DetectionNet, cases: list[CaseData], device, margin_px: int,
                 batch: int = 16, progress: bool = False) -> list[tuple[int, int, int, int]]:
     """(case, slice, row, column) of each spot where `net` marks a lesion (probability
@@ -291,10 +300,7 @@ def false_spots(net: DetectionNet, cases: list[CaseData], device, margin_px: int
     spots = []
     for c, case in enumerate(tqdm(cases, desc="finding false spots", unit="case",
                                   disable=not progress, leave=False)):
-        maps = np.concatenate([
-            torch.sigmoid(net(torch.from_numpy(case.images[start:start + batch]
-                                               .astype(np.float32)).to(device))[0][:, 0])
-            .cpu().numpy() for start in range(0, len(case.images), batch)])
+        maps, _ = case_probabilities(net, case, device, batch)
         spots += [(c, *peak) for peak in false_spot_peaks(maps, case.masks, margin_px)]
     return spots
 
