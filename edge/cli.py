@@ -165,9 +165,10 @@ def _parser() -> argparse.ArgumentParser:
 
     calibrate = commands.add_parser(
         "calibrate", help="choose a model's operating point on a calibration set",
-        description="Sweep the detection threshold and minimum lesion volume on series with "
-                    "truth.json (neither training nor held-out data), pick the most "
-                    "sensitive point within the limits, write it into a copy of the model.")
+        description="Sweep the pixel and detection thresholds and minimum lesion volume on "
+                    "series with truth.json (neither training nor held-out data), pick the "
+                    "most sensitive point within the limits, write it into a copy of the "
+                    "model.")
     calibrate.add_argument("--data", type=Path, nargs="+", required=True)
     calibrate.add_argument("--model", type=Path, required=True, help="checkpoint to calibrate")
     calibrate.add_argument("--out", type=Path, required=True, help="calibrated checkpoint")

@@ -1,9 +1,10 @@
 """`scanside calibrate`: choose a model's operating point on a calibration set.
 
 The network's probability maps are computed once per series; lesions are then extracted
-again for every candidate detection threshold (on a lesion's probability), minimum volume
-and way of scoring a lesion (its pixels' peak or mean, each alone or capped by the slice
-head, or a lesion classifier), and scored as `scanside eval` scores them. The chosen
+again for every pixel threshold (the probability above which a pixel belongs to a
+lesion), detection threshold (on a lesion's probability), minimum volume and way of
+scoring a lesion (its pixels' peak or mean, each alone or capped by the slice head, or a
+lesion classifier), and scored as `scanside eval` scores them. The chosen
 point is the one with the best lesion sensitivity (>= 10 mm first, then all) among those
 within the false-positive and specificity limits; if none is, the most sensitive one with
 at most one false positive per scan (a usual CAD operating point); if none is, the one
@@ -62,6 +63,10 @@ DETECTION = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0
              0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.997, 0.998, 0.999, 0.9995, 0.9998,
              0.9999)
 VOLUME_MM3 = (5.0, 15.0, 30.0, 60.0, 120.0)
+# A lesion the network marks only faintly (its pixels at 0.2-0.5) is no candidate at all
+# at 0.5; below it, the lesion classifier must tell such marks from faint false spots.
+# On a tie the first threshold wins.
+PIXEL = (0.5, 0.35, 0.2, 0.1)
 L2 = 1.0            # the classifier's ridge penalty, on standardised measures
 FOLDS = 5           # cross-fitting: the threshold is chosen on scores from the other folds
 SPECIFICITY_SE = 1.0    # the specificity limit applies this many standard errors below
@@ -119,6 +124,24 @@ def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3,
                              "series_sensitivity")},
                          "negative_series": len(candidates) - m["positive_series"]})
     return rows
+
+
+def sweep_pixels(runs, spec: ModelSpec, pixels: Sequence[float] = PIXEL
+                 ) -> tuple[list[dict], dict[float, LesionClassifier | None]]:
+    """`sweep` at every pixel threshold, each row naming its `pixel_threshold`; a
+    threshold's lesion classifier is fitted on its own candidates, cross-fitted for its
+    rows. Also each threshold's classifier fitted on every run, the one a model ships."""
+    rows, classifiers = [], {}
+    for pixel in tqdm(pixels, desc="pixel thresholds", unit="threshold"):
+        at = replace(spec, thresholds=replace(spec.thresholds, lesion_probability=pixel))
+        candidates = _candidates(runs, at)      # measured once for every fit
+        classifier = classifiers[pixel] = _fit(candidates, L2)
+        # A fold whose other folds hold no true or no false candidate has no classifier of
+        # its own; the one fitted on every series scores it (in-sample, so a little kind).
+        crossed = [own or classifier for own in _cross_fit(candidates, FOLDS, L2)]
+        rows += [{"pixel_threshold": pixel, **row} for row in sweep(
+            runs, replace(at, lesion_classifier=classifier), classifiers=crossed)]
+    return rows, classifiers
 
 
 def fit_classifier(runs, spec: ModelSpec, l2: float = L2) -> LesionClassifier | None:
@@ -223,21 +246,17 @@ def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
 
 def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Backend,
               max_fp: float = 0.4, min_specificity: float = 0.9,
-              specificity_se: float = SPECIFICITY_SE) -> dict:
+              specificity_se: float = SPECIFICITY_SE, pixels: Sequence[float] = PIXEL) -> dict:
     """Sweep, choose, and write `out`: the checkpoint with the chosen thresholds, plus
     `<out>.calibration.json` with every point tried."""
     runs = predictions(folders, backend)
-    candidates = _candidates(runs, backend.spec)       # measured once for every fit
-    classifier = _fit(candidates, L2)
-    # A fold whose other folds hold no true or no false candidate has no classifier of
-    # its own; the one fitted on every series scores it (in-sample, so a little kind).
-    crossed = [own or classifier for own in _cross_fit(candidates, FOLDS, L2)]
-    rows = sweep(runs, replace(backend.spec, lesion_classifier=classifier), classifiers=crossed)
+    rows, classifiers = sweep_pixels(runs, backend.spec, pixels)
     best = choose(rows, max_fp, min_specificity, specificity_se=specificity_se)
+    classifier = classifiers[best["pixel_threshold"]]
     loaded = load_checkpoint(checkpoint)
     if best["lesion_score"] == "classifier":
         loaded.spec = replace(loaded.spec, lesion_classifier=classifier)
-    thresholds = replace(loaded.spec.thresholds,
+    thresholds = replace(loaded.spec.thresholds, lesion_probability=best["pixel_threshold"],
                          detection_probability=best["detection_probability"],
                          min_volume_mm3=best["min_volume_mm3"],
                          lesion_score=best["lesion_score"], slice_head=best["slice_head"])

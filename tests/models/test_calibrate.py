@@ -12,6 +12,7 @@ from edge.inference.spec import LESION_FEATURES
 from edge.series.geometry import SeriesGeometry
 from models.calibrate import (
     DETECTION,
+    PIXEL,
     VOLUME_MM3,
     calibrate,
     choose,
@@ -19,6 +20,7 @@ from models.calibrate import (
     fit_classifier,
     specificity_bound,
     sweep,
+    sweep_pixels,
 )
 from models.checkpoint import load_checkpoint
 from models.torch_backend import TorchBackend
@@ -87,17 +89,21 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
     assert calibrated.thresholds.detection_probability == chosen["detection_probability"]
     assert calibrated.thresholds.min_volume_mm3 == chosen["min_volume_mm3"]
     assert calibrated.thresholds.slice_head == chosen["slice_head"]
+    assert calibrated.thresholds.lesion_probability == chosen["pixel_threshold"]
     assert calibrated.thresholds.lesion_score == chosen["lesion_score"]
     assert calibrated.training_data["calibration"]["series"] == len(pet_cases)
     points = json.loads((tmp_path / "calibrated.pt.calibration.json").read_text())["points"]
-    pixel = load_checkpoint(source).spec.thresholds.lesion_probability
-    by_pixels = [d for d in DETECTION if d >= pixel]     # lower ones repeat the same point
-    per_score = (len(DETECTION) + len(by_pixels)) * len(VOLUME_MM3)
-    assert [sum(p["lesion_score"] == score for p in points) for score in ("peak", "mean")] == \
-        [per_score] * 2
-    classified = sum(p["lesion_score"] == "classifier" for p in points)
-    assert classified == (len(DETECTION) * len(VOLUME_MM3) if report["lesion_classifier"] else 0)
-    assert load_checkpoint(source).spec.thresholds.detection_probability == 0.5   # untouched
+    for pixel in PIXEL:
+        at = [p for p in points if p["pixel_threshold"] == pixel]
+        by_pixels = [d for d in DETECTION if d >= pixel]     # lower ones repeat the same point
+        per_score = (len(DETECTION) + len(by_pixels)) * len(VOLUME_MM3)
+        assert [sum(p["lesion_score"] == score for p in at) for score in ("peak", "mean")] == \
+            [per_score] * 2
+        classified = sum(p["lesion_score"] == "classifier" for p in at)
+        assert classified in (0, len(DETECTION) * len(VOLUME_MM3))
+    assert bool(report["lesion_classifier"]) or chosen["lesion_score"] != "classifier"
+    untouched = load_checkpoint(source).spec.thresholds
+    assert (untouched.detection_probability, untouched.lesion_probability) == (0.5, 0.5)
 
 
 def spot_and_lesion_runs():
@@ -134,6 +140,27 @@ def test_the_lesion_classifier_tells_a_lesion_from_a_saturated_false_spot_by_its
             chosen["series_specificity"]) == (1.0, 0.0, 1.0)
     healthy = [run for run in runs if not run[1]["lesions"]]
     assert fit_classifier(healthy, SPEC) is None           # nothing true to learn from
+
+
+def test_a_lesion_marked_only_faintly_is_found_at_a_lower_pixel_threshold():
+    """Lesions whose pixels the network puts at 0.3 form no candidate at 0.5 or 0.35;
+    at 0.2 they do, and calibration chooses it over 0.1, which finds the same."""
+    lesion = (15.0, 15.0, 20.0)
+    runs = []
+    for i in range(4):
+        headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+        maps = predictions(headers, [(lesion, 4.0, 0.3)], bright=[(lesion, 4.0, 150)])
+        geometry = SeriesGeometry(tuple(range(len(maps))), tuple(map(float, range(len(maps)))),
+                                  1.0, ())
+        truth = {"series_uid": f"1.2.{i}", "modality": "CT",
+                 "lesions": [{"center_mm": lesion, "diameter_mm": 8.0}]}
+        runs.append((SeriesPrediction((), tuple(maps), geometry, {}), truth))
+    rows, classifiers = sweep_pixels(runs, SPEC)
+    found = {pixel: max(r["lesion_sensitivity"] for r in rows if r["pixel_threshold"] == pixel)
+             for pixel in PIXEL}
+    assert found == {0.5: 0.0, 0.35: 0.0, 0.2: 1.0, 0.1: 1.0}
+    assert choose(rows)["pixel_threshold"] == 0.2
+    assert set(classifiers) == set(PIXEL)
 
 
 def test_each_series_is_scored_by_a_classifier_that_never_saw_it():
