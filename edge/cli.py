@@ -242,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="for training sets: draw this share of lesions barely above their "
                             "organ (PET uptake 1.2-2 times the organ's; CT and MR solid "
                             "lesions at the low end of their contrast); default 0")
+    synth.add_argument("--without-lesions", action="store_true",
+                       help="for calibration sets: every patient without a lesion (a quarter "
+                            "are, by default), so the specificity limit rests on many")
     synth.set_defaults(handler=_synth)
     return parser
 
@@ -500,7 +503,7 @@ def _synth(args: argparse.Namespace) -> int:
     if not 0 <= args.faint <= 1:
         raise ScansideError(f"--faint {args.faint}: expected a share between 0 and 1")
     folders = synthesize(args.modality, args.cases, args.seed, args.out, args.workers,
-                         args.first_case, args.faint)
+                         args.first_case, args.faint, not args.without_lesions)
     print(f"wrote {len(folders)} {args.modality} series to {args.out}")
     return 0
 

@@ -88,6 +88,18 @@ def test_truth_lists_only_the_lesions_the_series_images_and_the_mask_numbers_the
         assert set(np.unique(labels)) - {0} == set(range(1, expected + 1))
 
 
+def test_a_series_drawn_without_lesions_has_none_in_truth_or_mask(tmp_path):
+    """PT seed 2 case 2 draws lesions (test above); drawn without, it has none."""
+    from models.synthetic.series import write_case
+
+    folder = write_case("PT", 2, 2, tmp_path, lesions=False)
+    truth = json.loads((folder / "truth.json").read_text())
+    assert truth["lesions"] == [] and truth["generator"]["without_lesions"] is True
+    assert not np.load(folder / "mask.npz")["labels"].any()
+    planes, geometry = read_series(folder)
+    assert len(planes) == len(geometry.order) > 0
+
+
 def test_the_same_seed_and_case_give_the_same_truth(tmp_path):
     from models.synthetic.series import write_case
 
@@ -101,7 +113,8 @@ def test_the_same_seed_and_case_give_the_same_truth(tmp_path):
 @pytest.mark.slow
 def test_synth_command_writes_readable_mr_series(tmp_path):
     result = subprocess.run([sys.executable, "-m", "edge", "synth", "--modality", "MR",
-                             "--cases", "1", "--seed", "4", "--out", str(tmp_path)],
+                             "--cases", "1", "--seed", "4", "--out", str(tmp_path),
+                             "--without-lesions"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     (folder,) = tmp_path.iterdir()
@@ -109,7 +122,9 @@ def test_synth_command_writes_readable_mr_series(tmp_path):
     assert {p.header.modality for p in planes} == {"MR"}
     assert planes[0].header.rows in (256, 320)
     assert not [p for p in geometry.problems if p.kind != "gap"]
-    generator = json.loads((folder / "truth.json").read_text())["generator"]
+    truth = json.loads((folder / "truth.json").read_text())
+    generator = truth["generator"]
+    assert truth["lesions"] == [] and generator["without_lesions"]
     tags = pydicom.dcmread(DicomCase(folder).files()[0], stop_before_pixels=True)
     t2 = generator["weighting"] == "T2"
     assert (float(tags.EchoTime) > 60, float(tags.RepetitionTime) > 2000) == (t2, t2)
