@@ -246,11 +246,11 @@ def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
 
 def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Backend,
               max_fp: float = 0.4, min_specificity: float = 0.9,
-              specificity_se: float = SPECIFICITY_SE, pixels: Sequence[float] = PIXEL) -> dict:
+              specificity_se: float = SPECIFICITY_SE) -> dict:
     """Sweep, choose, and write `out`: the checkpoint with the chosen thresholds, plus
     `<out>.calibration.json` with every point tried."""
     runs = predictions(folders, backend)
-    rows, classifiers = sweep_pixels(runs, backend.spec, pixels)
+    rows, classifiers = sweep_pixels(runs, backend.spec)
     best = choose(rows, max_fp, min_specificity, specificity_se=specificity_se)
     classifier = classifiers[best["pixel_threshold"]]
     loaded = load_checkpoint(checkpoint)
