@@ -242,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="for training sets: draw this share of lesions barely above their "
                             "organ (PET uptake 1.2-2 times the organ's; CT and MR solid "
                             "lesions at the low end of their contrast); default 0")
+    synth.add_argument("--small", type=float, default=0.0, metavar="SHARE",
+                       help="for training sets: draw this share of lesions 4-10 mm across "
+                            "(the rest 4-40 mm); default 0")
     synth.add_argument("--without-lesions", action="store_true",
                        help="for calibration sets: every patient without a lesion (a quarter "
                             "are, by default), so the specificity limit rests on many")
@@ -500,10 +503,11 @@ def _bench(args: argparse.Namespace) -> int:
 def _synth(args: argparse.Namespace) -> int:
     from models.synthetic.series import synthesize
 
-    if not 0 <= args.faint <= 1:
-        raise ScansideError(f"--faint {args.faint}: expected a share between 0 and 1")
+    for option, share in (("--faint", args.faint), ("--small", args.small)):
+        if not 0 <= share <= 1:
+            raise ScansideError(f"{option} {share}: expected a share between 0 and 1")
     folders = synthesize(args.modality, args.cases, args.seed, args.out, args.workers,
-                         args.first_case, args.faint, not args.without_lesions)
+                         args.first_case, args.faint, not args.without_lesions, args.small)
     print(f"wrote {len(folders)} {args.modality} series to {args.out}")
     return 0
 

@@ -130,9 +130,10 @@ class _Boxes:
 
 
 def sample_patient(rng: np.random.Generator, n_lesions: int | None = None,
-                   faint: float = 0.0) -> Patient:
+                   faint: float = 0.0, small: float = 0.0) -> Patient:
     """Draw one patient with `n_lesions` lesions (random 0-4, a quarter without, if None),
-    each drawn faint (see `_faint`) with probability `faint`."""
+    each drawn faint (see `_faint`) with probability `faint` and 4-10 mm across, rather than
+    4-40 mm, with probability `small`."""
     a, b = rng.uniform(125, 185), rng.uniform(90, 135)
     diaphragm = rng.uniform(190, 230)
     trunk = EllipticCylinder(np.array([0.0, 0.0]), np.array([a, b]), (-60.0, 420.0),
@@ -162,7 +163,7 @@ def sample_patient(rng: np.random.Generator, n_lesions: int | None = None,
     patient = Patient(tuple(layers), (), trunk, diaphragm, weight, scan)
     count = n_lesions if n_lesions is not None else (
         0 if rng.random() < 0.25 else int(rng.integers(1, 5)))
-    return Patient(tuple(layers), _lesions(rng, patient, organs, count, faint), trunk,
+    return Patient(tuple(layers), _lesions(rng, patient, organs, count, faint, small), trunk,
                    diaphragm, weight, scan)
 
 
@@ -256,7 +257,8 @@ def _bowel_gas(rng, a, b, dz):
     return pockets
 
 
-def _lesions(rng, patient: Patient, organs, count: int, faint: float) -> tuple[Lesion, ...]:
+def _lesions(rng, patient: Patient, organs, count: int, faint: float,
+             small: float) -> tuple[Lesion, ...]:
     cavity = _Shrunk(patient.trunk, 45)
     hosts = {"liver": organs["liver"], "lung": organs["lung"], "kidney": organs["kidney"],
              "spleen": organs["spleen"], "soft": cavity}
@@ -266,7 +268,7 @@ def _lesions(rng, patient: Patient, organs, count: int, faint: float) -> tuple[L
     while len(lesions) < count and attempts < 200:
         attempts += 1
         organ = str(rng.choice(names, p=np.array(weights) / sum(weights)))
-        diameter = rng.uniform(4, 40)
+        diameter = rng.uniform(4, 10) if small and rng.random() < small else rng.uniform(4, 40)
         if organ in ("spleen", "kidney"):
             diameter = min(diameter, 30)
         center = _point_inside(rng, hosts[organ], patient, margin=diameter / 2)

@@ -101,10 +101,13 @@ def sample_protocol(modality: str, rng: np.random.Generator) -> Protocol:
 
 
 def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1,
-               first_case: int = 0, faint: float = 0.0, lesions: bool = True) -> list[Path]:
+               first_case: int = 0, faint: float = 0.0, lesions: bool = True,
+               small: float = 0.0) -> list[Path]:
     """Write `cases` series; case k uses the random stream (seed, k) whoever runs it.
     `faint`: the share of lesions drawn at the low end of their modality's contrast
     (`anatomy._faint`), for training sets; 0 (the default) draws exactly as before.
+    `small`: the share of lesions drawn 4-10 mm across (the rest 4-40 mm), for training
+    sets; 0 (the default) draws exactly as before.
     `lesions=False` draws every patient without a lesion (a quarter are, by default), for
     calibration sets whose specificity limit should rest on many such series.
     ScansideError, before anything is written, when a series' folder already holds files:
@@ -122,11 +125,11 @@ def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1
     bar = tqdm(total=cases, desc=f"synth {modality}", unit="series")
     if workers <= 1:
         for k in indices:
-            done.append(write_case(modality, seed, k, out, faint, lesions))
+            done.append(write_case(modality, seed, k, out, faint, lesions, small))
             bar.update()
     else:
         with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(write_case, modality, seed, k, out, faint, lesions)
+            futures = [pool.submit(write_case, modality, seed, k, out, faint, lesions, small)
                        for k in indices]
             for future in as_completed(futures):
                 done.append(future.result())
@@ -140,10 +143,10 @@ def series_folder(out: Path, modality: str, seed: int, index: int) -> Path:
 
 
 def write_case(modality: str, seed: int, index: int, out: Path, faint: float = 0.0,
-               lesions: bool = True) -> Path:
+               lesions: bool = True, small: float = 0.0) -> Path:
     """Draw, render and write one series; returns its folder."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, _code(modality)]))
-    patient = sample_patient(rng, None if lesions else 0, faint)
+    patient = sample_patient(rng, None if lesions else 0, faint, small)
     appearance = sample_appearance(modality, rng)
     protocol = sample_protocol(modality, rng)
     folder = series_folder(out, modality, seed, index)
@@ -162,7 +165,7 @@ def write_case(modality: str, seed: int, index: int, out: Path, faint: float = 0
     np.savez_compressed(folder / "mask.npz", labels=labels,
                         sop_instance_uids=np.array([planes[i][1].sop_uid for i in order]))
     _write_truth(folder, identity, [patient.lesions[i] for i in imaged], protocol, appearance,
-                 seed, index, faint, not lesions)
+                 seed, index, faint, not lesions, small)
     return folder
 
 
@@ -235,7 +238,7 @@ def _name(protocol: Protocol, plane: DicomPlane, modality: str, rng) -> str:
 
 def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], protocol: Protocol,
                  appearance: Appearance, seed: int, index: int, faint: float,
-                 without_lesions: bool = False) -> None:
+                 without_lesions: bool = False, small: float = 0.0) -> None:
     truth = {
         "series_uid": identity.series_uid,
         "modality": identity.modality,
@@ -256,6 +259,7 @@ def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], 
                       **({"fat_suppressed": appearance.fat_suppressed}
                          if identity.modality == "MR" else {}),
                       **({"faint": faint} if faint else {}),
+                      **({"small": small} if small else {}),
                       **({"without_lesions": True} if without_lesions else {})},
     }
     (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")
