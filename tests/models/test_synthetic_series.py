@@ -152,21 +152,20 @@ def test_faint_lesions_stand_1_2_to_2_times_above_their_organ_in_pet_and_none_el
 def test_small_lesions_are_4_to_10_mm_across_and_without_the_option_nothing_changes():
     """`synth --small` for training sets: the uniform 4-40 mm draw puts about one lesion in
     five under 10 mm (sphere-equivalent diameter), the size CT misses most."""
-    def diameters(small: float | None) -> list[float]:
-        drawn = [sample_patient(np.random.default_rng(case), **(
-            {} if small is None else {"small": small})) for case in range(40)]
+    def diameters(**option) -> list[float]:
+        drawn = [sample_patient(np.random.default_rng(case), **option) for case in range(40)]
         return [lesion.diameter_mm for patient in drawn for lesion in patient.lesions]
 
-    plain, every, half = diameters(None), diameters(1.0), diameters(0.5)
-    assert diameters(0.0) == plain
+    plain, every, half = diameters(), diameters(small=1.0), diameters(small=0.5)
+    assert diameters(small=0.0) == plain
     assert 0.1 < np.mean(np.array(plain) < 10) < 0.35
     assert np.mean(np.array(every) < 10) > 0.95 and max(every) < 11
     assert np.mean(np.array(plain) < 10) < np.mean(np.array(half) < 10) < 0.8
 
 
 def test_a_series_drawn_with_small_lesions_says_so_in_truth(tmp_path):
-    """PT seed 2 case 2 draws three lesions (test above); drawn small, truth.json records
-    the share and every lesion written is under 11 mm."""
+    """PT seed 2 case 2 draws lesions (the mask test above); drawn small, truth.json
+    records the share and every lesion written is under 11 mm."""
     from models.synthetic.series import write_case
 
     truth = json.loads((write_case("PT", 2, 2, tmp_path, small=1.0) / "truth.json").read_text())
