@@ -59,7 +59,7 @@ def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch"), n_slices: int = 60,
                 t1 = time.perf_counter()
                 image, grid = preprocess(plane, backend.spec)
                 t2 = time.perf_counter()
-                lesion, tumour = backend.predict(image[None])
+                lesion, tumour = backend.infer(image[None])
                 t3 = time.perf_counter()
                 prediction = SlicePrediction(plane.header.instance_key,
                                              (lesion[0, 0] * 255).astype("uint8"),

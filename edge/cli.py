@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from edge import __version__
@@ -179,9 +178,6 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--specificity-se", type=float, default=1.0,
                            help="standard errors below the specificity measured that its "
                                 "lower bound lies (Wilson score); 0 compares the figure itself")
-    calibrate.add_argument("--flip-average", action=argparse.BooleanOptionalAction,
-                           help="average each slice's output with its left-right mirror's, "
-                                "and calibrate so (default: as the model already does)")
     calibrate.set_defaults(handler=_calibrate)
 
     average = commands.add_parser(
@@ -382,8 +378,6 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     folders = _truth_series(args.data)
     with TorchBackend(args.model) as backend:
-        if args.flip_average is not None:
-            backend.spec = replace(backend.spec, flip_average=args.flip_average)
         report = calibrate(folders, args.model, args.out, backend, args.max_fp,
                            args.min_specificity, args.specificity_se)
     print(json.dumps(report["chosen"], indent=2))

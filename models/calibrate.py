@@ -260,8 +260,7 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
                          detection_probability=best["detection_probability"],
                          min_volume_mm3=best["min_volume_mm3"],
                          lesion_score=best["lesion_score"], slice_head=best["slice_head"])
-    loaded.spec = replace(loaded.spec, thresholds=thresholds,
-                          flip_average=backend.spec.flip_average, training_data={
+    loaded.spec = replace(loaded.spec, thresholds=thresholds, training_data={
         **loaded.spec.training_data, "calibration": {
             "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),
             "max_fp_per_scan": max_fp, "min_specificity": min_specificity,

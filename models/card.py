@@ -101,10 +101,8 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     cpu = machine()["cpu"]
     latency, fastest, slowest = slice_latency_ms(folder / "model.onnx", rounds=LATENCY_ROUNDS,
                                                  pause_s=LATENCY_PAUSE_S)
-    per = ("per network input, two per slice (the slice and its mirror image)"
-           if spec.flip_average else "for one network input")
     cost = textwrap.fill(
-        f"- Per-slice cost: {latency:.1f} ms median {per}, ONNX Runtime FP32 "
+        f"- Per-slice cost: {latency:.1f} ms median for one network input, ONNX Runtime FP32 "
         f"on 2 threads of {cpu}, measured when this card was written ({LATENCY_ROUNDS} rounds "
         f"{LATENCY_PAUSE_S:g} s apart; their medians ran from {fastest:.1f} to {slowest:.1f} "
         "ms). Whole-slice figures (reading and preprocessing included) are in BENCHMARKS.md.",
@@ -160,9 +158,6 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         groups += "\nEach held-out set on its own:\n" + by_set + "\n"
     intensity = spec.intensity
     details = f", windows {list(intensity.windows)}" if intensity.windows else ""
-    mirror = ("- Each slice is run twice, as it is and mirrored left to right, and the two "
-              "outputs averaged\n  (the mirror's mirrored back; `flip_average` in the spec); "
-              "its thresholds were calibrated so.\n" if spec.flip_average else "")
     if intensity.weighting:
         details += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
                     "and repetition times")
@@ -186,7 +181,7 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
   {thresholds.min_volume_mm3:g} mm3. On the calibration set{crossed} they gave lesion sensitivity
   {chosen} false positives per scan and series specificity
   {calibration['series_specificity']:.3f}{negatives}.
-{mirror}- Files: {', '.join(f'`{n}` {s:.1f} MiB' for n, s in sizes.items())}.
+- Files: {', '.join(f'`{n}` {s:.1f} MiB' for n, s in sizes.items())}.
 {cost}
 
 ## How it was made

@@ -38,17 +38,6 @@ class Backend(ABC):
         """(N, C, H, W) float32 -> (lesion probability (N, 1, H, W), tumour probability
         (N, 1)), both float32."""
 
-    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`infer` as the model's spec asks to be run: with `flip_average`, the mean of the
-        outputs for the batch and for its left-right mirror image, mirrored back, both
-        inferred in one call. Callers that analyse slices use this, not `infer`."""
-        if not self.spec.flip_average:
-            return self.infer(batch)
-        n = len(batch)
-        lesion, tumour = self.infer(np.concatenate([batch, batch[..., ::-1]]))
-        return ((lesion[:n] + lesion[n:, ..., ::-1]) / 2).astype(np.float32), \
-            ((tumour[:n] + tumour[n:]) / 2).astype(np.float32)
-
     def close(self) -> None:  # noqa: B027 - a backend holding nothing needs no close
         """Release what the backend holds (sessions, GPU memory)."""
 

@@ -53,7 +53,7 @@ def predict(planes: Sequence[Slice], backend: Backend, batch_size: int = 8,
         t0 = clock()
         inputs, grids = zip(*(preprocess(p, backend.spec) for p in chunk), strict=True)
         t1 = clock()
-        lesion, tumour = backend.predict(np.stack(inputs))
+        lesion, tumour = backend.infer(np.stack(inputs))
         t2 = clock()
         if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
             raise BackendError(f"the {backend.name} backend gave NaN or infinite probabilities "

@@ -110,10 +110,6 @@ class ModelSpec:
     classes: tuple[str, ...] = ("background", "tumour")
     training_data: dict = field(default_factory=dict)   # digest, description, cases
     lesion_classifier: LesionClassifier | None = None   # scores lesions under "classifier"
-    # Run the network on each slice and on its left-right mirror image, and average the
-    # two outputs (the mirror's mirrored back): twice the network cost, steadier maps.
-    # Thresholds are calibrated with it as it is set.
-    flip_average: bool = False
 
     @property
     def channels(self) -> int:

@@ -135,7 +135,7 @@ class StreamingAnalyzer:
             return
         t1 = time.perf_counter()
         try:
-            lesion, tumour = backend.predict(np.stack(inputs))
+            lesion, tumour = backend.infer(np.stack(inputs))
             if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
                 raise ScansideError(f"the {backend.name} backend gave NaN or infinite "
                                     "probabilities: the analysis is not valid")

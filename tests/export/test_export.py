@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -57,25 +56,6 @@ def test_onnx_batch_dimension_is_dynamic(exported):
         for n in (1, 5):
             lesion, tumour = backend.infer(np.zeros((n, 1, 32, 32), np.float32))
             assert lesion.shape == (n, 1, 32, 32) and tumour.shape == (n, 1)
-
-
-def test_flip_average_travels_in_the_onnx_spec_and_mirrors_exactly(exported, tmp_path):
-    loaded = load_checkpoint(exported[0])
-    loaded.spec = replace(loaded.spec, flip_average=True)
-    save_checkpoint(tmp_path / "flip.pt", loaded, slim=True)
-    onnx_path = export_onnx(tmp_path / "flip.pt", tmp_path / "flip.onnx", max_batch=16)
-    assert json.loads(metadata(onnx_path)[SPEC_KEY])["flip_average"] is True
-    batch = np.random.default_rng(0).random((3, 1, 32, 32), np.float32)
-    mirror = np.ascontiguousarray(batch[..., ::-1])
-    with OnnxRuntimeBackend(onnx_path, ["CPUExecutionProvider"]) as backend:
-        assert backend.spec.flip_average
-        (lesion, tumour), (plain, plain_tumour) = backend.predict(batch), backend.infer(batch)
-        mirror_lesion, mirror_tumour = backend.infer(mirror)
-        np.testing.assert_allclose(lesion, (plain + mirror_lesion[..., ::-1]) / 2, atol=1e-6)
-        np.testing.assert_allclose(tumour, (plain_tumour + mirror_tumour) / 2, atol=1e-6)
-        # averaged, the output of a mirrored slice is the mirrored output; alone it is not
-        np.testing.assert_allclose(backend.predict(mirror)[0], lesion[..., ::-1], atol=1e-6)
-        assert np.abs(mirror_lesion[..., ::-1] - plain).max() > 1e-3
 
 
 def test_onnx_runtime_matches_torch_within_1e4_and_finds_the_same_lesions(exported, pet_cases):

@@ -44,7 +44,6 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
                      r"\s+medians\s+ran\s+from\s+([\d.]+)\s+to\s+([\d.]+)\s+ms", text, re.S)
     assert cost and float(cost[2]) <= float(cost[1]) <= float(cost[3])
     assert "Fine-tuned" not in text and "By weighting" not in text
-    assert "for one network input" in text and "mirrored" not in text
     bands = figures["by_conspicuity"]                    # every true lesion was measured
     assert sum(band["lesions"] for band in bands.values()) == figures["lesions"] > 0
     assert "By conspicuity" in text and "standard deviations of the shell" in text
@@ -89,9 +88,3 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     text = " ".join(card(entry, "scanside average a b --out c", heldout_seeds=[77]).split())
     assert ("- Averaged (`scanside average`): 0.75 x `models/zoo/PT/model.pt` + 0.25 x "
             "`runs/b/model.pt`, weight by weight;") in text
-
-    checkpoint.spec = replace(checkpoint.spec, flip_average=True)    # run with its mirror
-    save_checkpoint(entry / "model.pt", checkpoint, slim=True)
-    text = " ".join(card(entry, "scanside calibrate --flip-average", heldout_seeds=[77]).split())
-    assert "- Each slice is run twice, as it is and mirrored left to right" in text
-    assert "ms median per network input, two per slice (the slice and its mirror image)" in text
