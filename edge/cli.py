@@ -189,6 +189,10 @@ def _parser() -> argparse.ArgumentParser:
     average.add_argument("second", type=Path)
     average.add_argument("--weight", type=float, default=0.5, help="SECOND's share")
     average.add_argument("--out", type=Path, required=True, help="averaged checkpoint")
+    average.add_argument("--across-grids", action="store_true",
+                         help="allow the two to differ in input grid (size, pixel spacing), as "
+                              "a fine-tune moved to a new grid and its starting point do; "
+                              "the result runs on FIRST's grid")
     average.set_defaults(handler=_average)
 
     export = commands.add_parser("export", help="ONNX, FP16 ONNX, TensorRT engine, Triton")
@@ -389,8 +393,8 @@ def _average(args: argparse.Namespace) -> int:
     _needs_torch("average")
     from models.checkpoint import average_checkpoints, save_checkpoint
 
-    save_checkpoint(args.out, average_checkpoints(args.first, args.second, args.weight),
-                    slim=True)
+    save_checkpoint(args.out, average_checkpoints(args.first, args.second, args.weight,
+                                                  args.across_grids), slim=True)
     print(f"averaged model: {args.out} (calibrate it before use)")
     return 0
 

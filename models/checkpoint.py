@@ -61,23 +61,29 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
                       data.get("random_state"))
 
 
-def average_checkpoints(first: Path, second: Path, weight: float = 0.5) -> Checkpoint:
+def average_checkpoints(first: Path, second: Path, weight: float = 0.5,
+                        across_grids: bool = False) -> Checkpoint:
     """(1 - weight) x `first` + weight x `second`, weight by weight, BatchNorm statistics
     included: weight-space ensembling of a fine-tune with the model it started from (or of
     two fine-tunes of one model), one network's cost at inference. Models trained apart
     do not average into a working one. The spec is `first`'s (recalibrate the result);
-    ModelError when the two differ in network or input."""
+    ModelError when the two differ in network or input: modality, intensity and, unless
+    `across_grids` (the network is fully convolutional, so a fine-tune moved to a new
+    grid still averages with the model it started from), input size and pixel spacing."""
     if not 0.0 <= weight <= 1.0:
         raise ModelError(f"averaging weight {weight}: expected a number from 0 to 1")
     a, b = load_checkpoint(first), load_checkpoint(second)
     if a.network != b.network:
         raise ModelError(f"{second}: network {b.network} differs from {first}'s {a.network}")
-    for field_name in ("modality", "size", "spacing_mm", "intensity"):
+    grid = () if across_grids else ("size", "spacing_mm")
+    for field_name in ("modality", *grid, "intensity"):
         if getattr(a.spec, field_name) != getattr(b.spec, field_name):
             raise ModelError(f"{second}: spec {field_name} {getattr(b.spec, field_name)!r} "
                              f"differs from {first}'s {getattr(a.spec, field_name)!r}")
     state = {name: value * (1 - weight) + b.state[name] * weight if value.is_floating_point()
              else value for name, value in a.state.items()}
     spec = replace(a.spec, training_data={**a.spec.training_data, "averaged": {
-        "models": [str(first), str(second)], "weight": weight}})
+        "models": [str(first), str(second)], "weight": weight,
+        **({"grids": [[s.size, s.spacing_mm] for s in (a.spec, b.spec)]}
+           if (a.spec.size, a.spec.spacing_mm) != (b.spec.size, b.spec.spacing_mm) else {})}})
     return Checkpoint(a.network, spec, state)

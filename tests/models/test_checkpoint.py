@@ -58,3 +58,20 @@ def test_models_that_differ_in_network_or_input_are_not_averaged(tmp_path):
         average_checkpoints(first, finer)
     with pytest.raises(ModelError, match="averaging weight 1.5: expected a number from 0 to 1"):
         average_checkpoints(first, first, 1.5)
+    other = saved(tmp_path / "other.pt", 4, spec=replace(TINY_PET, modality="CT"))
+    with pytest.raises(ModelError, match="spec modality 'CT' differs"):
+        average_checkpoints(first, other, across_grids=True)
+
+
+def test_a_fine_tune_moved_to_another_grid_averages_onto_the_first_models_grid(tmp_path):
+    finer = saved(tmp_path / "fine.pt", 1, spec=replace(TINY_PET, size=48, spacing_mm=8.0))
+    first = saved(tmp_path / "a.pt", 2)
+    result = scanside("average", str(finer), str(first), "--across-grids",
+                      "--out", str(tmp_path / "mean.pt"))
+    assert result.returncode == 0, result.stderr
+    mean = load_checkpoint(tmp_path / "mean.pt")
+    assert (mean.spec.size, mean.spec.spacing_mm) == (48, 8.0)
+    assert mean.spec.training_data["averaged"]["grids"] == [[48, 8.0], [32, 16.0]]
+    a, b = load_checkpoint(finer).state, load_checkpoint(first).state
+    assert all(torch.allclose(value, (a[name] + b[name]) / 2)
+               for name, value in mean.state.items() if value.is_floating_point())
