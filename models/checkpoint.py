@@ -82,8 +82,9 @@ def average_checkpoints(first: Path, second: Path, weight: float = 0.5,
                              f"differs from {first}'s {getattr(a.spec, field_name)!r}")
     state = {name: value * (1 - weight) + b.state[name] * weight if value.is_floating_point()
              else value for name, value in a.state.items()}
-    spec = replace(a.spec, training_data={**a.spec.training_data, "averaged": {
-        "models": [str(first), str(second)], "weight": weight,
-        **({"grids": [[s.size, s.spacing_mm] for s in (a.spec, b.spec)]}
-           if (a.spec.size, a.spec.spacing_mm) != (b.spec.size, b.spec.spacing_mm) else {})}})
+    averaged = {"models": [str(first), str(second)], "weight": weight}
+    grids = [[s.size, s.spacing_mm] for s in (a.spec, b.spec)]
+    if grids[0] != grids[1]:
+        averaged["grids"] = grids
+    spec = replace(a.spec, training_data={**a.spec.training_data, "averaged": averaged})
     return Checkpoint(a.network, spec, state)
