@@ -77,56 +77,89 @@ class Patient:
     weight_kg: float
     scan_z: tuple[float, float]    # the slab a scan of this patient should cover
 
-    def tissues(self, points: np.ndarray) -> np.ndarray:
-        """Tissue label at each (N, 3) point."""
-        labels = np.zeros(len(points), np.int8)
-        boxes = _Boxes(points)
+    def tissues(self, points: np.ndarray | Grid) -> np.ndarray:
+        """Tissue label at each point of a (..., 3) array: (N, 3) points, or the (sub-slices,
+        rows, columns, 3) points of a slice, or their `Grid`."""
+        grid = points if isinstance(points, Grid) else Grid(points)
+        labels = np.zeros(grid.shape, np.int8)
         for tissue, shape in self.layers:
-            where = boxes.within(shape)
-            if where is boxes.all:
-                labels[shape.inside(points)] = tissue
-            elif where.size:
-                labels[where[shape.inside(points[where])]] = tissue
-        return labels
+            block = grid.block(shape.bbox())
+            if block is not None:
+                np.copyto(labels[block], tissue, where=grid.inside(shape, block))
+        return labels.reshape(grid.given)
 
-    def lesion_ids(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(lesion index + 1 or 0, 1 where inside the lesion's core) at each point."""
-        ids = np.zeros(len(points), np.int8)
-        core = np.zeros(len(points), bool)
-        boxes = _Boxes(points)
+    def lesion_ids(self, points: np.ndarray | Grid) -> tuple[np.ndarray, np.ndarray]:
+        """(lesion index + 1 or 0, True where inside the lesion's core) at each point, as
+        `tissues`."""
+        grid = points if isinstance(points, Grid) else Grid(points)
+        ids = np.zeros(grid.shape, np.int8)
+        core = np.zeros(grid.shape, bool)
         for i, lesion in enumerate(self.lesions):
-            where = boxes.within(lesion.solid)
-            if where.size:
-                hit = where[lesion.solid.inside(points[where])]
-                ids[hit] = i + 1
-                if lesion.core is not None and hit.size:
-                    core[hit[lesion.core.inside(points[hit])]] = True
-        return ids, core
+            block = grid.block(lesion.solid.bbox())
+            if block is None:
+                continue
+            hit = grid.inside(lesion.solid, block)
+            ids[block][hit] = i + 1
+            if lesion.core is not None and hit.any():
+                core[block][hit] |= lesion.core.inside(grid.points[block][hit])
+        return ids.reshape(grid.given), core.reshape(grid.given)
 
 
-class _Boxes:
-    """Finds the points inside a shape's bounding box, one axis at a time: an axis the box
-    spans entirely costs nothing, a box that misses the points costs nothing."""
+class Grid:
+    """The points a patient is evaluated at, as (sub-slices, rows, columns, 3).
+
+    On an axial slice, x changes along the columns only, y along the rows only and z per
+    sub-slice only: a shape's bounding box is then a block of the grid, cut out by slicing,
+    and a shape with `inside_axes` is evaluated on the block's three axes, broadcast. Other
+    points, such as an (N, 3) array, are one row of N columns, evaluated whole. Either way
+    each point gets the value the shape's `inside` gives it."""
 
     def __init__(self, points: np.ndarray):
-        self.columns = [np.ascontiguousarray(points[:, i]) for i in range(3)]
-        # per column: a reduction along axis 0 of an (N, 3) array is many times slower
-        self.low = np.array([column.min() for column in self.columns])
-        self.high = np.array([column.max() for column in self.columns])
-        self.all = np.arange(len(points))
+        self.given = points.shape[:-1]
+        self.points = points.reshape((1,) * (4 - points.ndim) + points.shape)
+        self.shape = self.points.shape[:3]
+        full = [self.points[..., i] for i in range(3)]
+        lines = [full[0][:1, :1, :], full[1][:1, :, :1], full[2][:, :1, :1]]
+        self.axial = all(np.array_equal(f, np.broadcast_to(line, self.shape))
+                         for f, line in zip(full, lines, strict=True))
+        self.axes = lines if self.axial else full
+        self.whole = tuple(slice(0, n) for n in self.shape)
 
-    def within(self, shape) -> np.ndarray:
-        low, high = shape.bbox()
-        if (high < self.low).any() or (low > self.high).any():
-            return self.all[:0]
-        mask = None
-        for axis in range(3):
-            if low[axis] <= self.low[axis] and high[axis] >= self.high[axis]:
-                continue
-            column = self.columns[axis]
-            inside = (column >= low[axis]) & (column <= high[axis])
-            mask = inside if mask is None else mask & inside
-        return self.all if mask is None else np.flatnonzero(mask)
+    def block(self, box, within: tuple[slice, ...] | None = None) -> tuple[slice, ...] | None:
+        """The slices (sub-slices, rows, columns) of `within` (default: all) that hold every
+        point inside `box`, a (low, high) pair of x, y, z corners; None when none does."""
+        within = within or self.whole
+        if not self.axial:
+            return within
+        low, high = box
+        cut = [None, None, None]
+        for axis, dim in ((0, 2), (1, 1), (2, 0)):        # x: columns, y: rows, z: sub-slices
+            line = self.axes[axis].reshape(-1)[within[dim]]
+            inside = np.flatnonzero((line >= low[axis]) & (line <= high[axis]))
+            if inside.size == 0:
+                return None
+            start = within[dim].start
+            cut[dim] = slice(start + inside[0], start + inside[-1] + 1)
+        return tuple(cut)
+
+    def inside(self, shape, block: tuple[slice, ...]) -> np.ndarray:
+        """`shape.inside` for the points of `block`, shaped as the block."""
+        size = tuple(s.stop - s.start for s in block)
+        if isinstance(shape, Union):                       # each part within its own box
+            result = np.zeros(size, bool)
+            for part in shape.parts:
+                cut = self.block(part.bbox(), block)
+                if cut is not None:
+                    result[tuple(slice(c.start - b.start, c.stop - b.start)
+                                 for c, b in zip(cut, block, strict=True))] |= \
+                        self.inside(part, cut)
+            return result
+        if hasattr(shape, "inside_axes"):
+            x, y, z = (axis[tuple(s if n > 1 else slice(None)
+                                  for s, n in zip(block, axis.shape, strict=True))]
+                       for axis in self.axes)
+            return np.broadcast_to(shape.inside_axes(x, y, z), size)
+        return shape.inside(self.points[block].reshape(-1, 3)).reshape(size)
 
 
 def sample_patient(rng: np.random.Generator, n_lesions: int | None = None,
@@ -176,6 +209,9 @@ class _Shrunk:
 
     def inside(self, p):
         return self.trunk.inside(p, self.by_mm)
+
+    def inside_axes(self, x, y, z):
+        return self.trunk.inside_axes(x, y, z, self.by_mm)
 
     def bbox(self):
         return self.trunk.bbox()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from models.synthetic.anatomy import CYST_UPTAKE, ORGAN_TISSUE, Lesion, Patient, Tissue
+from models.synthetic.anatomy import CYST_UPTAKE, ORGAN_TISSUE, Grid, Lesion, Patient, Tissue
 
 T = Tissue
 
@@ -155,8 +155,9 @@ def render(patient: Patient, a: Appearance, plane: Plane, rng: np.random.Generat
     """One slice: (values in physical units, lesion id per pixel: 0 or index + 1)."""
     points = plane.points(sub)
     flat = points.reshape(-1, 3)
-    tissue = patient.tissues(flat)
-    ids, core = patient.lesion_ids(flat)
+    grid = Grid(points.reshape(sub, plane.rows, plane.columns, 3))
+    tissue = patient.tissues(grid).reshape(-1)
+    ids, core = (labels.reshape(-1) for labels in patient.lesion_ids(grid))
     lut = np.zeros(max(Tissue) + 1)
     for t, v in a.tissue.items():
         lut[t] = v

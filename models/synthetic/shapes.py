@@ -1,7 +1,10 @@
 """Solid shapes in patient coordinates (mm), tested point-wise.
 
 Every shape answers `inside(points)` for an (N, 3) array and gives a bounding box, so a
-slice only evaluates the shapes it crosses, and only inside their boxes.
+slice only evaluates the shapes it crosses, and only inside their boxes. Shapes whose test
+is a few operations on x, y and z also answer `inside_axes(x, y, z)` for coordinates that
+broadcast against each other: on an axial slice, x along the columns, y along the rows and
+z per sub-slice, so most of the work is done once per row or column, not per pixel.
 """
 
 from __future__ import annotations
@@ -30,12 +33,18 @@ class Ellipsoid:
         r2 = np.einsum("ij,ij->i", local, local)
         if not self.wobble:
             return r2 <= 1.0
-        # Low-frequency radial perturbation: organs are not ellipsoids.
+        # Low-frequency radial perturbation: organs are not ellipsoids. The radius scale
+        # stays within 1 -+ the amplitudes' sum, so only the points between need it.
+        reach = sum(abs(a) for a, _, _ in self.wobble)
+        result = r2 < max(1 - reach, 0) ** 2 * (1 - 1e-9)
+        shell = np.flatnonzero(~result & (r2 <= (1 + reach) ** 2 * (1 + 1e-9)))
+        local, r2 = local[shell], r2[shell]
         unit = local / np.sqrt(np.maximum(r2, 1e-12))[:, None]
-        scale = np.ones(len(p))
+        scale = np.ones(len(shell))
         for amplitude, direction, frequency in self.wobble:
             scale += amplitude * np.cos(frequency * (unit @ direction))
-        return r2 <= scale**2
+        result[shell] = r2 <= scale**2
+        return result
 
     def bbox(self) -> tuple[np.ndarray, np.ndarray]:
         reach = np.abs(self.rotation) @ self.radii * (1 + sum(a for a, _, _ in self.wobble))
@@ -97,10 +106,13 @@ class EllipticCylinder:
         return a, b
 
     def inside(self, p: np.ndarray, shrink: float = 0.0) -> np.ndarray:
-        a, b = self.half_axes_at(p[:, 2])
-        x = (p[:, 0] - self.center_xy[0]) / np.maximum(a - shrink, 1)
-        y = (p[:, 1] - self.center_xy[1]) / np.maximum(b - shrink, 1)
-        return (x * x + y * y <= 1) & (p[:, 2] >= self.z_range[0]) & (p[:, 2] <= self.z_range[1])
+        return self.inside_axes(p[:, 0], p[:, 1], p[:, 2], shrink)
+
+    def inside_axes(self, x, y, z, shrink: float = 0.0) -> np.ndarray:
+        a, b = self.half_axes_at(z)
+        u = (x - self.center_xy[0]) / np.maximum(a - shrink, 1)
+        v = (y - self.center_xy[1]) / np.maximum(b - shrink, 1)
+        return (u * u + v * v <= 1) & (z >= self.z_range[0]) & (z <= self.z_range[1])
 
     def bbox(self):
         reach = np.array([*self.half_axes * 1.5, 0])
@@ -135,24 +147,30 @@ class Rib:
     anterior_limit: float = -0.3  # ribs end before the front (fraction of the half-depth)
 
     def inside(self, p: np.ndarray) -> np.ndarray:
-        result = np.zeros(len(p), bool)
-        rel_y = p[:, 1] - self.trunk.center_xy[1]
-        near = np.flatnonzero(np.abs(p[:, 2] - self.z - self.slope * rel_y) <= self.thickness / 2)
-        if near.size == 0:
-            return result
-        q = p[near]
-        a, b = self.trunk.half_axes_at(q[:, 2])
-        x = (q[:, 0] - self.trunk.center_xy[0]) / a
-        y = rel_y[near] / b
-        radius = np.sqrt(x * x + y * y)
+        return self.inside_axes(p[:, 0], p[:, 1], p[:, 2])
+
+    def inside_axes(self, x, y, z) -> np.ndarray:
+        rel_y = y - self.trunk.center_xy[1]
+        near = np.abs(z - self.z - self.slope * rel_y) <= self.thickness / 2
+        x, rel_y, z, near = np.broadcast_arrays(x, rel_y, z, near)
+        result = np.zeros(near.shape, bool)
+        near = np.nonzero(near)               # the few points at the rib's height
+        a, b = self.trunk.half_axes_at(z[near])
+        u = (x[near] - self.trunk.center_xy[0]) / a
+        v = rel_y[near] / b
+        radius = np.sqrt(u * u + v * v)
         band = (radius <= 1 - 6 / b) & (radius >= 1 - (6 + self.depth) / b)
-        result[near] = band & (y >= self.anterior_limit)
+        result[near] = band & (v >= self.anterior_limit)
         return result
 
     def bbox(self):
+        """The trunk's box, cut to the rib's rows and heights, for a trunk at most 1.2
+        times its reference size at the rib's height (1 mm to spare)."""
         low, high = self.trunk.bbox()
-        low = low.copy()
-        high = high.copy()
-        reach = self.slope * self.trunk.half_axes[1] * 1.2 + self.thickness
-        low[2], high[2] = self.z - reach, self.z + reach
+        low, high = low.copy(), high.copy()
+        back = 1.2 * self.trunk.half_axes[1]        # the rib's greatest rel_y
+        front = min(self.anterior_limit, 0) * back  # and its least
+        low[1], high[1] = self.trunk.center_xy[1] + front - 1, self.trunk.center_xy[1] + back + 1
+        low[2] = self.z + self.slope * front - self.thickness / 2 - 1
+        high[2] = self.z + self.slope * back + self.thickness / 2 + 1
         return low, high

@@ -225,3 +225,61 @@ def test_synthesis_never_writes_into_a_series_folder_that_holds_files(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == [first.name]
     (second,) = synthesize("PT", 1, seed=12, out=tmp_path, first_case=1)
     assert second.name == "PT-12-0001"
+
+
+@pytest.mark.parametrize("position", ["HFS", "FFP"])
+def test_a_slice_labelled_on_its_axes_matches_every_shape_tested_point_by_point(position):
+    """Rendering labels a slice by its rows, columns and sub-slices (`Grid`): each shape
+    only within its box, a union part by part, cylinders and ribs on broadcast axes. Every
+    pixel must get what testing each layer and lesion at every point gives, later layers
+    winning: through the lesions, the ribs, the liver and the lungs, head or feet first."""
+    from models.synthetic.anatomy import Grid
+    from models.synthetic.physics import Plane
+    from models.synthetic.series import POSITIONS
+
+    patient = sample_patient(np.random.default_rng(7), n_lesions=4)
+    iop = np.array(POSITIONS[position], float)
+    heights = [lesion.center_mm[2] for lesion in patient.lesions]
+    heights += [patient.diaphragm_z - 60, patient.diaphragm_z + 40, patient.diaphragm_z + 110]
+    for z in heights:
+        plane = Plane(np.array([-200.0, -200.0, z]) * np.r_[iop[:2] + iop[3:5], 1], iop[:3],
+                      iop[3:], (3.1, 3.1), 130, 130, 5.0)
+        points = plane.points(3).reshape(3, 130, 130, 3)
+        assert Grid(points).axial
+        flat = points.reshape(-1, 3)
+        tissues = np.zeros(len(flat), np.int8)
+        for tissue, shape in patient.layers:
+            tissues[shape.inside(flat)] = tissue
+        ids = np.zeros(len(flat), np.int8)
+        core = np.zeros(len(flat), bool)
+        for i, lesion in enumerate(patient.lesions):
+            ids[lesion.solid.inside(flat)] = i + 1
+            if lesion.core is not None:
+                core |= lesion.solid.inside(flat) & lesion.core.inside(flat)
+        assert len(np.unique(tissues)) > 5
+        np.testing.assert_array_equal(patient.tissues(points).reshape(-1), tissues)
+        got_ids, got_core = patient.lesion_ids(points)
+        np.testing.assert_array_equal(got_ids.reshape(-1), ids)
+        np.testing.assert_array_equal(got_core.reshape(-1), core)
+    assert patient.lesions
+
+
+def test_a_wobbly_organ_tests_its_wobble_only_where_it_can_decide():
+    """An organ's outline is its ellipsoid scaled by 1 + a few cosines of the direction;
+    only points within the scale's bounds need them. The shortcut changes no answer."""
+    from models.synthetic.shapes import Ellipsoid, random_rotation
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        wobble = tuple((rng.uniform(0.05, 0.3), rng.normal(size=3) / 1.7, rng.uniform(1, 4))
+                       for _ in range(3))
+        shape = Ellipsoid(rng.normal(0, 20, 3), rng.uniform(20, 80, 3), random_rotation(rng),
+                          wobble)
+        p = shape.center + (rng.uniform(-1.4, 1.4, (20000, 3)) * shape.radii) @ shape.rotation.T
+        local = (p - shape.center) @ shape.rotation / shape.radii
+        r2 = np.einsum("ij,ij->i", local, local)
+        unit = local / np.sqrt(r2)[:, None]
+        scale = 1 + sum(a * np.cos(f * (unit @ d)) for a, d, f in wobble)
+        expected = r2 <= scale**2
+        assert 0.05 < expected.mean() < 0.95 and (expected != (r2 <= 1)).sum() > 100
+        np.testing.assert_array_equal(shape.inside(p), expected)
