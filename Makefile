@@ -64,7 +64,8 @@ bench: venv
 	$(PY) -m benchmarks all $(BENCH_ARGS)
 
 # Synthetic data, training, calibration, export with parity, evaluation and card for one
-# modality; hours on 2 CPU cores, minutes on a GPU: make zoo MODALITY=CT EPOCHS=60 DEVICE=cuda
+# modality; hours on 2 CPU cores, the training steps faster on a GPU:
+# make zoo MODALITY=CT EPOCHS=60 DEVICE=cuda
 # (EPOCHS, DEVICE and the other settings models/zoo/build.sh lists reach it from here).
 zoo: venv
 	models/zoo/build.sh $(MODALITY)

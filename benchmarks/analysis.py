@@ -22,8 +22,9 @@ from benchmarks.ingest import write_ct_series
 from edge.inference.zoo import DEFAULT_ZOO
 
 
-def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch"), n_slices: int = 60,
+def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch", "torch CUDA"), n_slices: int = 60,
         threads: int = 2) -> dict:
+    """Each backend in `backends` that this machine has; "torch CUDA" needs a CUDA GPU."""
     from edge.backends.select import choose, open_backend, probe
     from edge.inference.postprocess import lesions_on_slice
     from edge.inference.preprocess import image_u8, preprocess
@@ -42,13 +43,15 @@ def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch"), n_slices: int = 60,
     with tempfile.TemporaryDirectory(prefix="scanside-bench-") as folder:
         paths = write_ct_series(Path(folder), n_slices)
         for kind in backends:
-            if kind == "torch":
+            if kind.startswith("torch"):
                 import torch
 
                 from models.torch_backend import TorchBackend
 
-                torch.set_num_threads(threads)
-                backend = TorchBackend(zoo_dir / "model.pt")
+                device = "cuda" if kind == "torch CUDA" else "cpu"
+                if device == "cuda" and not torch.cuda.is_available():
+                    continue
+                backend = TorchBackend(zoo_dir / "model.pt", device, threads)
             else:
                 backend = open_backend(choose(kind, zoo_dir, None, probe()), threads)
             stages: dict[str, list[float]] = {"read": [], "preprocess": [], "infer": [],

@@ -32,7 +32,10 @@ def _runners(zoo_dir: Path, threads: int, engines: Path | None) -> dict[str, Cal
     from models.network import Probabilities
 
     torch.set_num_threads(threads)
-    net = Probabilities(load_checkpoint(zoo_dir / "model.pt").build()).eval()
+
+    def network():
+        return Probabilities(load_checkpoint(zoo_dir / "model.pt").build()).eval()
+
     runners: dict[str, Callable] = {}
 
     def torch_runner(model, device, dtype):
@@ -45,16 +48,16 @@ def _runners(zoo_dir: Path, threads: int, engines: Path | None) -> dict[str, Cal
                 return out.float().cpu().numpy()
         return run
 
-    runners["torch eager FP32 (CPU)"] = torch_runner(net, "cpu", torch.float32)
+    runners["torch eager FP32 (CPU)"] = torch_runner(network(), "cpu", torch.float32)
     cpu = ["CPUExecutionProvider"]
     for label, name in (("FP32", "model.onnx"), ("FP16", "model.fp16.onnx")):
         backend = OnnxRuntimeBackend(zoo_dir / name, cpu, threads)
         runners[f"ONNX Runtime {label} (CPU)"] = lambda b, k=backend: k.infer(b)[0]
     if torch.cuda.is_available():
-        gpu = net.to("cuda")
-        runners["torch CUDA FP32"] = torch_runner(gpu, "cuda", torch.float32)
-        half = Probabilities(load_checkpoint(zoo_dir / "model.pt").build()).eval().half().cuda()
-        runners["torch CUDA FP16"] = torch_runner(half, "cuda", torch.float16)
+        # a network of its own each: Module.to() moves in place
+        runners["torch CUDA FP32"] = torch_runner(network().cuda(), "cuda", torch.float32)
+        runners["torch CUDA FP16"] = torch_runner(network().half().cuda(), "cuda",
+                                                  torch.float16)
     if "CUDAExecutionProvider" in ort.get_available_providers():
         backend = OnnxRuntimeBackend(zoo_dir / "model.fp16.onnx", ["CUDAExecutionProvider"])
         runners["ONNX Runtime CUDA FP16"] = lambda b, k=backend: k.infer(b)[0]

@@ -2,7 +2,7 @@
 # Rebuild one zoo model from nothing, the way its card records it.
 #
 #   models/zoo/build.sh CT                         # 30 epochs on this CPU: hours
-#   EPOCHS=60 DEVICE=cuda models/zoo/build.sh CT   # on a GPU: minutes
+#   EPOCHS=60 DEVICE=cuda models/zoo/build.sh CT   # training steps on a GPU (README)
 #   make zoo MODALITY=CT EPOCHS=60 DEVICE=cuda     # the same through make
 #
 # 1. synthetic series: training (seed 1), calibration (seed 2) and held-out evaluation
