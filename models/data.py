@@ -343,14 +343,22 @@ def false_spot_peaks(probabilities: np.ndarray, masks: np.ndarray, margin_px: in
     """Where a network marks a lesion that is not there, in one case: the (slice, row,
     column) of the most probable pixel of each region, connected on its slice, of pixels
     at `threshold` or above that lie more than `margin_px` pixels (in the plane) from
-    every lesion pixel of `masks`. Both arrays are (slices, rows, columns)."""
+    every lesion pixel of `masks`. Both arrays are (slices, rows, columns). Regions come
+    in label order; of equally probable pixels (a saturated network gives many) the first
+    in C order is taken."""
     in_plane = np.zeros((3, 3, 3), bool)
     in_plane[1] = True
     near = (ndimage.binary_dilation(masks > 0, structure=in_plane, iterations=margin_px)
             if margin_px else masks > 0)          # iterations=0 would grow them to fill
-    labels, count = ndimage.label((probabilities >= threshold) & ~near, structure=in_plane)
-    peaks = ndimage.maximum_position(probabilities, labels, range(1, count + 1))
-    return [tuple(int(i) for i in peak) for peak in peaks]
+    labels, _ = ndimage.label((probabilities >= threshold) & ~near, structure=in_plane)
+    # Only the marked pixels are sorted: ndimage.maximum_position over the whole volume
+    # took seconds a CT case even for a handful of regions.
+    where = np.flatnonzero(labels)
+    region, value = labels.ravel()[where], probabilities.ravel()[where]
+    order = np.lexsort((-value, region))          # by region, most probable first; stable
+    first = order[np.flatnonzero(np.diff(region[order], prepend=0))]
+    return [tuple(int(i) for i in peak)
+            for peak in zip(*np.unravel_index(where[first], labels.shape), strict=True)]
 
 
 def lesion_voxels(masks: np.ndarray) -> list[np.ndarray]:

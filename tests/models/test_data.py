@@ -212,6 +212,17 @@ def test_false_spots_are_the_peaks_of_marks_away_from_every_lesion():
     assert len(false_spot_peaks(probabilities, masks, margin_px=0)) == 3
 
 
+def test_a_saturated_false_spot_peaks_at_its_first_pixel():
+    """Of pixels equally probable (a network saturated at 1.0), the first in scan order."""
+    from models.data import false_spot_peaks
+
+    probabilities = np.zeros((2, 12, 12), np.float32)
+    probabilities[1, 6:9, 3:7] = 1.0
+    probabilities[0, 2:4, 8:10] = 1.0
+    assert false_spot_peaks(probabilities, np.zeros((2, 12, 12), np.uint8), margin_px=1) == \
+        [(0, 2, 8), (1, 6, 3)]
+
+
 def test_hard_negative_crops_centre_on_the_false_spots_and_change_nothing_without_them():
     """Every hard-negative crop holds its spot (image 3 there, no lesion); with shares
     0.3 / 0.4 about 0.4 of crops do. With no spots set, the batches are those of a sampler
