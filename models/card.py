@@ -161,6 +161,7 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     if intensity.weighting:
         details += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
                     "and repetition times")
+    found = _found_line(evaluation, "kind") + _found_line(evaluation, "organ")
     return f"""# scanside {modality} model
 
 **Trained and evaluated on synthetic studies only. Not for clinical use.** Its figures
@@ -212,7 +213,7 @@ operating point above is one point of it), lesion sensitivity at a false-positiv
 scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
 Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
 listed in `eval/eval.json` with its size, shape, organ and conspicuity.
-{_conspicuity_line(evaluation)}{_kind_line(evaluation)}{groups}
+{_conspicuity_line(evaluation)}{found}{groups}
 ## Conversion parity
 
 {_parity_line(folder / 'onnx-parity.json')}
@@ -238,15 +239,15 @@ def _conspicuity_line(evaluation: dict) -> str:
         f"in standard deviations of the shell), sensitivity: {parts}.", 90) + "\n"
 
 
-def _kind_line(evaluation: dict) -> str:
-    """Lesions found per kind, where the truth names kinds (synthetic sets do)."""
-    kinds = evaluation.get("by_kind")
-    if not kinds:
+def _found_line(evaluation: dict, key: str) -> str:
+    """Lesions found per kind or organ, where the truth names them (synthetic sets do)."""
+    groups = evaluation.get(f"by_{key}")
+    if not groups:
         return ""
-    parts = ", ".join(f"{k['found']} of {k['lesions']} {kind} ({k['found_10mm_or_more']} of "
-                      f"{k['lesions_10mm_or_more']})" for kind, k in kinds.items())
+    parts = ", ".join(f"{k['found']} of {k['lesions']} {name} ({k['found_10mm_or_more']} of "
+                      f"{k['lesions_10mm_or_more']})" for name, k in groups.items())
     return "\n" + textwrap.fill(
-        f"By kind, lesions found (>= 10 mm in brackets): {parts}.", 90) + "\n"
+        f"By {key}, lesions found (>= 10 mm in brackets): {parts}.", 90) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -202,7 +202,8 @@ def lesion_metrics(cases: Sequence[CaseResult]) -> dict:
         / max(len(cases), 1),
         "froc": {f"{rate:g}": sensitivity_at(points, rate) for rate in FROC_FP_RATES},
         "by_conspicuity": _by_conspicuity(cases),
-        "by_kind": _by_kind(cases),
+        "by_kind": _found_by(cases, "kind"),
+        "by_organ": _found_by(cases, "organ"),
     }
 
 
@@ -218,19 +219,20 @@ def _by_conspicuity(cases: Sequence[CaseResult]) -> dict:
             for name, hits in bands.items()}
 
 
-def _by_kind(cases: Sequence[CaseResult]) -> dict:
-    """Lesions found per kind of lesion (truth's "kind": round, cyst, ...), all and >= 10 mm;
-    {} when the truth names no kind (a Decathlon mask does not)."""
-    kinds: dict[str, list[tuple[bool, bool]]] = {}
+def _found_by(cases: Sequence[CaseResult], key: str) -> dict:
+    """Lesions found per value of a truth field ("kind": round, cyst, ...; "organ": liver,
+    kidney, ...), all and >= 10 mm; {} when the truth has no such field (a Decathlon mask
+    does not)."""
+    groups: dict[str, list[tuple[bool, bool]]] = {}
     for c in cases:
         for i, lesion in enumerate(c.truth):
-            if "kind" in lesion:
-                kinds.setdefault(lesion["kind"], []).append(
+            if key in lesion:
+                groups.setdefault(lesion[key], []).append(
                     (lesion["diameter_mm"] >= 10, i in c.matches))
-    return {kind: {"lesions": len(rows), "found": sum(hit for _, hit in rows),
+    return {name: {"lesions": len(rows), "found": sum(hit for _, hit in rows),
                    "lesions_10mm_or_more": sum(large for large, _ in rows),
                    "found_10mm_or_more": sum(large and hit for large, hit in rows)}
-            for kind, rows in sorted(kinds.items())}
+            for name, rows in sorted(groups.items())}
 
 
 def series_metrics(cases: Sequence[CaseResult]) -> dict:
@@ -301,14 +303,15 @@ class Report:
         rows += ["| " + " | ".join([modality] + [f"{b['sensitivity']:.3f} ({b['lesions']})"
                                                  for b in m["by_conspicuity"].values()]) + " |"
                  for modality, m in sorted(self.by_modality.items())]
-        kinds = [(modality, kind, k) for modality, m in sorted(self.by_modality.items())
-                 for kind, k in m.get("by_kind", {}).items()]
-        if kinds:
-            rows += ["", "Lesions found by kind:", "",
-                     "| modality | kind | found | found >= 10 mm |", "|---|---|---|---|"]
-            rows += [f"| {modality} | {kind} | {k['found']} of {k['lesions']} | "
-                     f"{k['found_10mm_or_more']} of {k['lesions_10mm_or_more']} |"
-                     for modality, kind, k in kinds]
+        for key in ("kind", "organ"):
+            found = [(modality, name, k) for modality, m in sorted(self.by_modality.items())
+                     for name, k in m.get(f"by_{key}", {}).items()]
+            if found:
+                rows += ["", f"Lesions found by {key}:", "",
+                         f"| modality | {key} | found | found >= 10 mm |", "|---|---|---|---|"]
+                rows += [f"| {modality} | {name} | {k['found']} of {k['lesions']} | "
+                         f"{k['found_10mm_or_more']} of {k['lesions_10mm_or_more']} |"
+                         for modality, name, k in found]
         return "\n".join(rows)
 
     def _groups(self, key: str, label: str, extra: list[tuple[str, str]]) -> list[str]:

@@ -47,11 +47,13 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     bands = figures["by_conspicuity"]                    # every true lesion was measured
     assert sum(band["lesions"] for band in bands.values()) == figures["lesions"] > 0
     assert "By conspicuity" in text and "standard deviations of the shell" in text
-    kinds = figures["by_kind"]                           # synthetic truth names each kind
-    assert sum(k["lesions"] for k in kinds.values()) == figures["lesions"]
-    kind, k = next(iter(kinds.items()))
-    assert (f"{k['found']} of {k['lesions']} {kind} ({k['found_10mm_or_more']} of "
-            f"{k['lesions_10mm_or_more']})") in " ".join(text.split())
+    for key in ("kind", "organ"):                        # synthetic truth names both
+        groups = figures[f"by_{key}"]
+        assert sum(k["lesions"] for k in groups.values()) == figures["lesions"]
+        name, k = next(iter(groups.items()))
+        assert f"By {key}, lesions found" in text
+        assert (f"{k['found']} of {k['lesions']} {name} ({k['found_10mm_or_more']} of "
+                f"{k['lesions_10mm_or_more']})") in " ".join(text.split())
     scored = load_checkpoint(entry / "model.pt").spec.thresholds.lesion_score
     assert ("fitted on the other 4 of 5 folds" in text) == (scored == "classifier")
 

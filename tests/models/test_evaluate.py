@@ -194,13 +194,20 @@ def test_sensitivity_is_reported_per_band_of_conspicuity():
     assert "below 2 SD" in Report({"CT": m}).table()
 
 
-def test_lesions_found_are_counted_per_kind_where_the_truth_names_it():
-    cyst, round_ = {**lesion(0, 25.0), "kind": "cyst"}, {**lesion(100, 8.0), "kind": "round"}
+def test_lesions_found_are_counted_per_kind_and_organ_where_the_truth_names_them():
+    cyst = {**lesion(0, 25.0), "kind": "cyst", "organ": "liver"}
+    round_ = {**lesion(100, 8.0), "kind": "round", "organ": "kidney"}
     cases = [case("a", [cyst, round_], [finding(100)]),
-             case("b", [{**lesion(0, 12.0), "kind": "cyst"}], [finding(0)])]
+             case("b", [{**lesion(0, 12.0), "kind": "cyst", "organ": "liver"}], [finding(0)])]
     m = metrics(cases)
     assert m["by_kind"] == {
         "cyst": {"lesions": 2, "found": 1, "lesions_10mm_or_more": 2, "found_10mm_or_more": 1},
         "round": {"lesions": 1, "found": 1, "lesions_10mm_or_more": 0, "found_10mm_or_more": 0}}
-    assert "| CT | cyst | 1 of 2 | 1 of 2 |" in Report({"CT": m}).table()
+    assert m["by_organ"] == {
+        "kidney": {"lesions": 1, "found": 1, "lesions_10mm_or_more": 0, "found_10mm_or_more": 0},
+        "liver": {"lesions": 2, "found": 1, "lesions_10mm_or_more": 2, "found_10mm_or_more": 1}}
+    table = Report({"CT": m}).table()
+    assert "| CT | cyst | 1 of 2 | 1 of 2 |" in table
+    assert "| CT | kidney | 1 of 1 | 0 of 0 |" in table
     assert metrics([case("c", [lesion(0)], [])])["by_kind"] == {}
+    assert metrics([case("c", [lesion(0)], [])])["by_organ"] == {}
