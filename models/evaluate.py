@@ -14,7 +14,9 @@ lesion is darker than its organ in one and brighter in the other.
 Each true lesion's conspicuity is measured too: how many standard deviations of its
 surroundings (a shell 4-12 mm outside it, other lesions left out) the mean network input
 inside it differs from theirs. It says whether a missed lesion was faint in what the
-network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`).
+network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`). Where the
+truth names each lesion's kind and organ (synthetic series do), lesions found are counted
+per kind and per organ as well.
 """
 
 from __future__ import annotations
