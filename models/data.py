@@ -18,7 +18,6 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from edge.inference.spec import ModelSpec
 from edge.ingest.reader import read_file
 from edge.series.geometry import analyse_geometry
 from edge.values import Patient, Rescale, Slice, SliceHeader
+from models.pool import process_pool
 
 TUMOUR_WORDS = re.compile(r"tumou?r|cancer|lesion|nodule|metasta|mass", re.IGNORECASE)
 # Decathlon channel names (dataset.json "modality") that each modality reads, first match
@@ -210,7 +210,7 @@ def load_all(cases: Sequence, spec: ModelSpec, workers: int = 1) -> list[CaseDat
             out.append(prepare(case, spec))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             out = []
             for data in pool.map(prepare, cases, [spec] * len(cases)):
                 out.append(data)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from edge.errors import ScansideError
 from edge.values import Patient as PatientIds
+from models.pool import process_pool
 from models.synthetic.anatomy import Lesion, Patient, sample_patient
 from models.synthetic.dicom import (
     MRSequence,
@@ -128,7 +129,7 @@ def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1
             done.append(write_case(modality, seed, k, out, faint, lesions, small))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(workers) as pool:
             futures = [pool.submit(write_case, modality, seed, k, out, faint, lesions, small)
                        for k in indices]
             for future in as_completed(futures):
