@@ -212,7 +212,7 @@ FROC (`eval/froc.png`) over every candidate lesion, whatever its probability (th
 operating point above is one point of it), lesion sensitivity at a false-positive rate per
 scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
 Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
-listed in `eval/eval.json` with its size, shape, organ and conspicuity.
+listed in `eval/eval.json` with its size, shape, organ and conspicuity.{_false_line(evaluation)}
 {_conspicuity_line(evaluation)}{found}{groups}
 ## Conversion parity
 
@@ -237,6 +237,17 @@ def _conspicuity_line(evaluation: dict) -> str:
     return "\n" + textwrap.fill(
         "By conspicuity (the lesion's mean network input against a shell 4-12 mm outside it, "
         f"in standard deviations of the shell), sensitivity: {parts}.", 90) + "\n"
+
+
+def _false_line(evaluation: dict) -> str:
+    """How many false positives eval.json lists; nothing for an evaluation written before
+    it listed them."""
+    false = evaluation.get("false_positives")
+    if false is None:
+        return ""
+    clear = sum(not f["series_has_lesions"] for f in false)
+    return (f"\nFalse positives: {len(false)} ({clear} in series without a lesion), each "
+            "listed there with its centre, size, probability and slices.")
 
 
 def _found_line(evaluation: dict, key: str) -> str:

@@ -16,7 +16,8 @@ surroundings (a shell 4-12 mm outside it, other lesions left out) the mean netwo
 inside it differs from theirs. It says whether a missed lesion was faint in what the
 network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`). Where the
 truth names each lesion's kind and organ (synthetic series do), lesions found are counted
-per kind and per organ as well.
+per kind and per organ as well. Every missed lesion and every false positive (its case,
+centre, size, probability and slices) is listed, for review against the images.
 """
 
 from __future__ import annotations
@@ -258,6 +259,9 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
         "missed": [{"case": c.name, **lesion, "conspicuity_sd": _conspicuity(c, i)}
                    for c in cases for i, lesion in enumerate(c.truth)
                    if i not in c.matches],
+        "false_positives": [{"case": c.name, **f.to_json(), "series_has_lesions": bool(c.truth)}
+                            for c in cases for f, m in zip(c.findings, c.matches, strict=True)
+                            if m is None],
     }
     by_source = {source: [c for c in cases if c.source == source]
                  for source in sorted({c.source for c in cases})}

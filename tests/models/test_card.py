@@ -54,6 +54,10 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
         assert f"By {key}, lesions found" in text
         assert (f"{k['found']} of {k['lesions']} {name} ({k['found_10mm_or_more']} of "
                 f"{k['lesions_10mm_or_more']})") in " ".join(text.split())
+    false = figures["false_positives"]
+    assert len(false) == round(fp * figures["series"])
+    assert (f"False positives: {len(false)} ({sum(not f['series_has_lesions'] for f in false)} "
+            "in series without a lesion)") in " ".join(text.split())
     scored = load_checkpoint(entry / "model.pt").spec.thresholds.lesion_score
     assert ("fitted on the other 4 of 5 folds" in text) == (scored == "classifier")
 

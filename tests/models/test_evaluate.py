@@ -45,7 +45,7 @@ def test_perfect_detection():
     assert m["false_positives_per_scan"] == 0.0
     assert m["series_sensitivity"] == 1.0 and m["series_specificity"] == 1.0
     assert m["series_auc"] == 1.0 and m["dice"] == 1.0
-    assert m["froc"]["0.5"] == 1.0 and m["missed"] == []
+    assert m["froc"]["0.5"] == 1.0 and m["missed"] == [] and m["false_positives"] == []
 
 
 def test_nothing_found():
@@ -63,6 +63,8 @@ def test_one_false_positive_in_two_scans():
     assert m["false_positives_per_scan"] == 0.5
     assert m["series_specificity"] == 0.0
     assert m["series_auc"] == 1.0           # the true positive still scores higher
+    assert m["false_positives"] == [{"case": "b", **finding(50, 0.7).to_json(),
+                                     "series_has_lesions": False}]
 
 
 def test_froc_walks_down_the_probabilities():
