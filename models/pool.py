@@ -3,7 +3,7 @@
 numpy's OpenBLAS starts a thread per core in every process, so `workers` processes on
 N cores would run workers x N threads, most of them waiting for a core; the small matrix
 products of synthesis gain nothing from them. Each process here uses one BLAS thread:
-10 CT series with 2 workers on 2 cores took 34 s instead of 71 s.
+10 CT series with 2 workers on 2 cores took 34-35 s instead of 64-71 s.
 """
 
 from __future__ import annotations
