@@ -161,6 +161,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", type=Path, help="checkpoint (default: the zoo's)")
     evaluate.add_argument("--zoo", type=Path, help="model folder (default: the shipped zoo)")
     evaluate.add_argument("--out", type=Path, required=True, help="eval.json, eval.md, froc.png")
+    evaluate.add_argument("--overlays", action="store_true",
+                          help="also a PNG of each missed lesion and false positive in "
+                               "OUT/overlays: the network input, the probability as heat, "
+                               "the model's outline in green, the true lesions' in cyan")
     evaluate.set_defaults(handler=_eval)
 
     calibrate = commands.add_parser(
@@ -368,7 +372,7 @@ def _eval(args: argparse.Namespace) -> int:
             if backend.spec.modality != modality:
                 raise ScansideError(f"{checkpoint} is a {backend.spec.modality} model; "
                                     f"the data hold {modality} series")
-            results[modality] = evaluate(group, backend)
+            results[modality] = evaluate(group, backend, args.overlays)
     report = write_report(results, args.out)
     print(report.table())
     print(f"written to {args.out}")

@@ -17,7 +17,8 @@ inside it differs from theirs. It says whether a missed lesion was faint in what
 network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`). Where the
 truth names each lesion's kind and organ (synthetic series do), lesions found are counted
 per kind and per organ as well. Every missed lesion and every false positive (its case,
-centre, size, probability and slices) is listed, for review against the images.
+centre, size, probability and slices) is listed, and with `--overlays` drawn on its
+slice (`review_overlays`), for review against the images.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from tqdm import tqdm
 from edge.backends.base import Backend
 from edge.inference.postprocess import find_lesions
 from edge.inference.preprocess import resample
-from edge.inference.series import predict, slice_spacing_mm, summarise
+from edge.inference.series import SeriesPrediction, predict, slice_spacing_mm, summarise
 from edge.values import Finding, SlicePrediction
+from edge.web.overlay import overlay_png
 from models.data import SHELL_MM, DicomCase
 from models.train import auc
 
@@ -82,6 +84,7 @@ class CaseResult:
     mr_weighting: str = ""                    # "T1", "T2" or "" (unknown; not MR)
     conspicuity: list[float] = field(default_factory=list)   # per true lesion (SD)
     source: str = ""                          # the folder its series folder lies in
+    overlays: dict[str, bytes] = field(default_factory=dict)   # name -> PNG, when asked
 
     @property
     def score(self) -> float:
@@ -97,8 +100,9 @@ class CaseResult:
                 for f, m in zip(candidates, match(self.truth, candidates), strict=True)]
 
 
-def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
-    """Analyse one series folder (DICOM + truth.json + mask.npz) and score it."""
+def evaluate_case(folder: Path, backend: Backend, overlays: bool = False) -> CaseResult:
+    """Analyse one series folder (DICOM + truth.json + mask.npz) and score it; with
+    `overlays`, also draw each missed lesion and false positive (`review_overlays`)."""
     case = DicomCase(folder)
     truth = json.loads((folder / "truth.json").read_text())
     planes, masks = case.slices()
@@ -122,12 +126,42 @@ def evaluate_case(folder: Path, backend: Backend) -> CaseResult:
     every = replace(backend.spec, thresholds=replace(backend.spec.thresholds,
                                                      detection_probability=0.0))
     candidates = find_lesions(prediction.predictions, slice_spacing_mm(prediction), every)
+    matches = match(truth["lesions"], findings)
     return CaseResult(folder.name, truth["modality"], truth["lesions"], findings,
-                      match(truth["lesions"], findings), result.status,
+                      matches, result.status,
                       (intersection, predicted, true), result.reason, candidates,
                       planes[0].header.mr_weighting,
                       [conspicuity(lesion, prediction.predictions, true_masks)
-                       for lesion in truth["lesions"]], str(folder.parent))
+                       for lesion in truth["lesions"]], str(folder.parent),
+                      review_overlays(truth["lesions"], findings, matches, prediction,
+                                      true_masks, threshold) if overlays else {})
+
+
+def review_overlays(truth: Sequence[dict], findings: Sequence[Finding],
+                    matches: Sequence[int | None], prediction: SeriesPrediction,
+                    true_masks: Sequence[np.ndarray], threshold: float) -> dict[str, bytes]:
+    """A PNG of the slice through each missed lesion ("missed-<its index in the truth>",
+    the slice nearest its centre) and of each false positive ("false-<its rank among the
+    series' false positives>", its largest slice): the network input, the probability
+    as heat, the model's outline in green and the true lesions' in cyan."""
+    def draw(k: int, caption: str) -> bytes:
+        slice_prediction = prediction.predictions[k]
+        return overlay_png(slice_prediction.image_u8, slice_prediction.lesion_u8, threshold,
+                           caption=caption, truth=true_masks[k])
+
+    images = {}
+    for rank, finding in enumerate(f for f, m in zip(findings, matches, strict=True)
+                                   if m is None):
+        images[f"false-{rank}"] = draw(finding.key_slice, f"false positive: p "
+                                       f"{finding.probability:.2f}, "
+                                       f"{finding.diameter_mm:.0f} mm")
+    for i, lesion in enumerate(truth):
+        if i not in matches:
+            k = int(np.argmin([abs(np.subtract(lesion["center_mm"], plane.header.position_mm)
+                                   @ plane.header.normal) for plane in prediction.planes]))
+            words = " ".join(str(lesion[key]) for key in ("kind", "organ") if key in lesion)
+            images[f"missed-{i}"] = draw(k, f"missed: {lesion['diameter_mm']:.0f} mm {words}")
+    return images
 
 
 def conspicuity(lesion: dict, predictions: Sequence[SlicePrediction],
@@ -167,8 +201,10 @@ def conspicuity(lesion: dict, predictions: Sequence[SlicePrediction],
     return float(abs(mean - shell.mean()) / max(shell.std(), 1.0))
 
 
-def evaluate(folders: Sequence[Path], backend: Backend) -> list[CaseResult]:
-    return [evaluate_case(f, backend) for f in tqdm(folders, desc="evaluating", unit="series")]
+def evaluate(folders: Sequence[Path], backend: Backend,
+             overlays: bool = False) -> list[CaseResult]:
+    return [evaluate_case(f, backend, overlays)
+            for f in tqdm(folders, desc="evaluating", unit="series")]
 
 
 def froc(cases: Sequence[CaseResult]) -> list[dict]:
@@ -343,8 +379,14 @@ class Report:
 
 
 def write_report(results: dict[str, list[CaseResult]], out: Path) -> Report:
-    """eval.json, eval.md (the table) and froc.png in `out`."""
+    """eval.json, eval.md (the table) and froc.png in `out`, and the cases' review
+    overlays in `out/overlays` as <case>-<name>.png."""
     out.mkdir(parents=True, exist_ok=True)
+    for cases in results.values():
+        for case in cases:
+            for name, png in case.overlays.items():
+                (out / "overlays").mkdir(exist_ok=True)
+                (out / "overlays" / f"{case.name}-{name}.png").write_bytes(png)
     report = Report({modality: metrics(cases) for modality, cases in results.items()})
     (out / "eval.json").write_text(json.dumps(report.by_modality, indent=2) + "\n")
     (out / "eval.md").write_text(report.table() + "\n")

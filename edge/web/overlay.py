@@ -19,9 +19,10 @@ def preview(image: np.ndarray) -> np.ndarray:
 
 
 def overlay_png(gray: np.ndarray, probability_u8: np.ndarray, threshold: float,
-                size: int = 256, caption: str = "") -> bytes:
+                size: int = 256, caption: str = "", truth: np.ndarray | None = None) -> bytes:
     """Grey slice + red-to-yellow heat where the lesion probability is above 0.2 +
-    green outline at `threshold`, scaled to `size` pixels."""
+    green outline at `threshold` (+ a cyan outline of `truth`, a boolean mask of the true
+    lesions, where evaluation has one), scaled to `size` pixels."""
     rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
     p = probability_u8.astype(np.float32) / 255.0
     heat = np.stack([np.ones_like(p), p, np.zeros_like(p)], axis=-1) * 255
@@ -31,11 +32,15 @@ def overlay_png(gray: np.ndarray, probability_u8: np.ndarray, threshold: float,
     scale = size / gray.shape[0]
     picture = picture.resize((size, round(gray.shape[1] * scale)), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(picture)
-    padded = np.pad((p >= threshold).astype(np.float32), 1)
-    for line in contourpy.contour_generator(z=padded).lines(0.5):
-        points = [((x - 1 + 0.5) * scale, (y - 1 + 0.5) * scale) for x, y in line]
-        if len(points) > 1:
-            draw.line(points + points[:1], fill=(40, 255, 90), width=2)
+    outlines = [(p >= threshold, (40, 255, 90))]
+    if truth is not None:
+        outlines.append((truth, (0, 220, 255)))
+    for mask, colour in outlines:
+        padded = np.pad(mask.astype(np.float32), 1)
+        for line in contourpy.contour_generator(z=padded).lines(0.5):
+            points = [((x - 1 + 0.5) * scale, (y - 1 + 0.5) * scale) for x, y in line]
+            if len(points) > 1:
+                draw.line(points + points[:1], fill=colour, width=2)
     if caption:
         draw.rectangle((0, 0, size, 18), fill=(0, 0, 0))
         draw.text((4, 3), caption, fill=(255, 255, 255))

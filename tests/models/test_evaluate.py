@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from edge.inference.postprocess import find_lesions
 from edge.inference.preprocess import SliceGrid
-from edge.values import Finding, SlicePrediction
-from models.evaluate import CaseResult, Report, conspicuity, froc, match, metrics, sensitivity_at
+from edge.inference.series import SeriesPrediction
+from edge.series.geometry import SeriesGeometry
+from edge.values import Finding, Slice, SlicePrediction
+from models.evaluate import (
+    CaseResult,
+    Report,
+    conspicuity,
+    evaluate,
+    froc,
+    match,
+    metrics,
+    review_overlays,
+    sensitivity_at,
+    write_report,
+)
+from models.torch_backend import TorchBackend
+from tests.edge.test_postprocess import SPEC, predictions, series
 
 
 def lesion(x, diameter=20.0):
@@ -213,3 +231,46 @@ def test_lesions_found_are_counted_per_kind_and_organ_where_the_truth_names_them
     assert "| CT | kidney | 1 of 1 | 0 of 0 |" in table
     assert metrics([case("c", [lesion(0)], [])])["by_kind"] == {}
     assert metrics([case("c", [lesion(0)], [])])["by_organ"] == {}
+
+
+def test_each_missed_lesion_and_false_positive_gets_a_review_overlay(tiny_zoo, pet_cases,
+                                                                     tmp_path):
+    with TorchBackend(tiny_zoo / "PT" / "model.pt") as backend:
+        cases = evaluate(pet_cases, backend, overlays=True)
+    write_report({"PT": cases}, tmp_path)
+    missed = {f"{c.name}-missed-{i}.png" for c in cases for i in range(len(c.truth))
+              if i not in c.matches}
+    false = {f"{c.name}-false-{rank}.png" for c in cases
+             for rank in range(sum(m is None for m in c.matches))}
+    assert missed or false
+    overlays = {p.name: p for p in (tmp_path / "overlays").iterdir()}
+    assert set(overlays) == missed | false
+    for name in missed:               # the true lesion outlined in cyan on its centre slice
+        pixels = np.asarray(Image.open(overlays[name]).convert("RGB"))
+        assert pixels.shape[:2] == (256, 256)
+        assert (np.abs(pixels.astype(int) - (0, 220, 255)).sum(axis=2) < 60).any(), name
+
+
+def colour_pixels(png: bytes, rgb) -> int:
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int((np.abs(pixels - rgb).sum(axis=2) < 60).sum())
+
+
+def test_a_false_positive_is_drawn_on_its_largest_slice_and_a_missed_lesion_on_its_centre():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))       # slice i at z = i mm
+    spot, lesion_centre = (-15.0, -15.0, 10.0), (15.0, 15.0, 20.0)
+    maps = predictions(headers, [(spot, 4.0, 1.0)], bright=[(lesion_centre, 4.0, 120)])
+    true_masks = [m.lesion_u8 > 0 for m in predictions(headers, [(lesion_centre, 4.0, 1.0)])]
+    findings = find_lesions(maps, 1.0, SPEC)
+    truth = [{"center_mm": list(lesion_centre), "diameter_mm": 8.0, "kind": "round"}]
+    prediction = SeriesPrediction(tuple(Slice(h, np.zeros((64, 64), np.int16)) for h in headers),
+                                  tuple(maps), SeriesGeometry(tuple(range(30)),
+                                                              tuple(map(float, range(30))),
+                                                              1.0, ()), {})
+    assert len(findings) == 1 and abs(findings[0].key_slice - 10) <= 1   # ties on a 1 mm grid
+    images = review_overlays(truth, findings, match(truth, findings), prediction, true_masks,
+                             0.5)
+    assert set(images) == {"false-0", "missed-0"}
+    green, cyan = (40, 255, 90), (0, 220, 255)
+    assert colour_pixels(images["false-0"], green) and not colour_pixels(images["false-0"], cyan)
+    assert colour_pixels(images["missed-0"], cyan) and not colour_pixels(images["missed-0"], green)
