@@ -380,13 +380,16 @@ class Report:
 
 def write_report(results: dict[str, list[CaseResult]], out: Path) -> Report:
     """eval.json, eval.md (the table) and froc.png in `out`, and the cases' review
-    overlays in `out/overlays` as <case>-<name>.png."""
+    overlays in `out/overlays` as <case>-<name>.png (in a folder per set when several
+    were pooled, since two sets may name their series alike)."""
     out.mkdir(parents=True, exist_ok=True)
-    for cases in results.values():
-        for case in cases:
-            for name, png in case.overlays.items():
-                (out / "overlays").mkdir(exist_ok=True)
-                (out / "overlays" / f"{case.name}-{name}.png").write_bytes(png)
+    cases = [case for group in results.values() for case in group]
+    pooled = len({case.source for case in cases}) > 1
+    for case in cases:
+        folder = out / "overlays" / (Path(case.source).name if pooled else "")
+        for name, png in case.overlays.items():
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{case.name}-{name}.png").write_bytes(png)
     report = Report({modality: metrics(cases) for modality, cases in results.items()})
     (out / "eval.json").write_text(json.dumps(report.by_modality, indent=2) + "\n")
     (out / "eval.md").write_text(report.table() + "\n")

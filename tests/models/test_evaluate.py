@@ -274,3 +274,11 @@ def test_a_false_positive_is_drawn_on_its_largest_slice_and_a_missed_lesion_on_i
     green, cyan = (40, 255, 90), (0, 220, 255)
     assert colour_pixels(images["false-0"], green) and not colour_pixels(images["false-0"], cyan)
     assert colour_pixels(images["missed-0"], cyan) and not colour_pixels(images["missed-0"], green)
+
+
+def test_overlays_of_pooled_sets_go_in_a_folder_per_set(tmp_path):
+    cases = [replace(case("a", [lesion(0)], []), source=f"data/{source}",
+                     overlays={"missed-0": source.encode()}) for source in ("one", "two")]
+    write_report({"CT": cases}, tmp_path)
+    for source in ("one", "two"):
+        assert (tmp_path / "overlays" / source / "a-missed-0.png").read_bytes() == source.encode()
