@@ -87,6 +87,11 @@ class CaseResult:
     overlays: dict[str, bytes] = field(default_factory=dict)   # name -> PNG, when asked
 
     @property
+    def false_positives(self) -> list[Finding]:
+        """The findings that hit no lesion, most probable first."""
+        return [f for f, m in zip(self.findings, self.matches, strict=True) if m is None]
+
+    @property
     def score(self) -> float:
         return max((f.probability for f in self.findings), default=0.0)
 
@@ -126,19 +131,18 @@ def evaluate_case(folder: Path, backend: Backend, overlays: bool = False) -> Cas
     every = replace(backend.spec, thresholds=replace(backend.spec.thresholds,
                                                      detection_probability=0.0))
     candidates = find_lesions(prediction.predictions, slice_spacing_mm(prediction), every)
-    matches = match(truth["lesions"], findings)
-    return CaseResult(folder.name, truth["modality"], truth["lesions"], findings,
-                      matches, result.status,
-                      (intersection, predicted, true), result.reason, candidates,
-                      planes[0].header.mr_weighting,
-                      [conspicuity(lesion, prediction.predictions, true_masks)
-                       for lesion in truth["lesions"]], str(folder.parent),
-                      review_overlays(truth["lesions"], findings, matches, prediction,
-                                      true_masks, threshold) if overlays else {})
+    scored = CaseResult(folder.name, truth["modality"], truth["lesions"], findings,
+                        match(truth["lesions"], findings), result.status,
+                        (intersection, predicted, true), result.reason, candidates,
+                        planes[0].header.mr_weighting,
+                        [conspicuity(lesion, prediction.predictions, true_masks)
+                         for lesion in truth["lesions"]], str(folder.parent))
+    if overlays:
+        scored.overlays = review_overlays(scored, prediction, true_masks, threshold)
+    return scored
 
 
-def review_overlays(truth: Sequence[dict], findings: Sequence[Finding],
-                    matches: Sequence[int | None], prediction: SeriesPrediction,
+def review_overlays(case: CaseResult, prediction: SeriesPrediction,
                     true_masks: Sequence[np.ndarray], threshold: float) -> dict[str, bytes]:
     """A PNG of the slice through each missed lesion ("missed-<its index in the truth>",
     the slice nearest its centre) and of each false positive ("false-<its rank among the
@@ -150,13 +154,12 @@ def review_overlays(truth: Sequence[dict], findings: Sequence[Finding],
                            caption=caption, truth=true_masks[k])
 
     images = {}
-    for rank, finding in enumerate(f for f, m in zip(findings, matches, strict=True)
-                                   if m is None):
+    for rank, finding in enumerate(case.false_positives):
         images[f"false-{rank}"] = draw(finding.key_slice, f"false positive: p "
                                        f"{finding.probability:.2f}, "
                                        f"{finding.diameter_mm:.0f} mm")
-    for i, lesion in enumerate(truth):
-        if i not in matches:
+    for i, lesion in enumerate(case.truth):
+        if i not in case.matches:
             k = int(np.argmin([abs(np.subtract(lesion["center_mm"], plane.header.position_mm)
                                    @ plane.header.normal) for plane in prediction.planes]))
             words = " ".join(str(lesion[key]) for key in ("kind", "organ") if key in lesion)
@@ -237,7 +240,7 @@ def lesion_metrics(cases: Sequence[CaseResult]) -> dict:
         "series": len(cases), "lesions": len(lesions), "lesions_10mm_or_more": len(large),
         "lesion_sensitivity": _ratio(sum(hit for _, hit in lesions), len(lesions)),
         "lesion_sensitivity_10mm_or_more": _ratio(sum(large), len(large)),
-        "false_positives_per_scan": sum(m is None for c in cases for m in c.matches)
+        "false_positives_per_scan": sum(len(c.false_positives) for c in cases)
         / max(len(cases), 1),
         "froc": {f"{rate:g}": sensitivity_at(points, rate) for rate in FROC_FP_RATES},
         "by_conspicuity": _by_conspicuity(cases),
@@ -296,8 +299,7 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
                    for c in cases for i, lesion in enumerate(c.truth)
                    if i not in c.matches],
         "false_positives": [{"case": c.name, **f.to_json(), "series_has_lesions": bool(c.truth)}
-                            for c in cases for f, m in zip(c.findings, c.matches, strict=True)
-                            if m is None],
+                            for c in cases for f in c.false_positives],
     }
     by_source = {source: [c for c in cases if c.source == source]
                  for source in sorted({c.source for c in cases})}

@@ -241,7 +241,7 @@ def test_each_missed_lesion_and_false_positive_gets_a_review_overlay(tiny_zoo, p
     missed = {f"{c.name}-missed-{i}.png" for c in cases for i in range(len(c.truth))
               if i not in c.matches}
     false = {f"{c.name}-false-{rank}.png" for c in cases
-             for rank in range(sum(m is None for m in c.matches))}
+             for rank in range(len(c.false_positives))}
     assert missed or false
     overlays = {p.name: p for p in (tmp_path / "overlays").iterdir()}
     assert set(overlays) == missed | false
@@ -268,8 +268,7 @@ def test_a_false_positive_is_drawn_on_its_largest_slice_and_a_missed_lesion_on_i
                                                               tuple(map(float, range(30))),
                                                               1.0, ()), {})
     assert len(findings) == 1 and abs(findings[0].key_slice - 10) <= 1   # ties on a 1 mm grid
-    images = review_overlays(truth, findings, match(truth, findings), prediction, true_masks,
-                             0.5)
+    images = review_overlays(case("s", truth, findings), prediction, true_masks, 0.5)
     assert set(images) == {"false-0", "missed-0"}
     green, cyan = (40, 255, 90), (0, 220, 255)
     assert colour_pixels(images["false-0"], green) and not colour_pixels(images["false-0"], cyan)
