@@ -11,10 +11,14 @@ Three steps, each a pure function:
 3. Intensity (`normalise`): CT Hounsfield windows, MR z-score inside the body mask (and,
    if the model asks, its T1/T2 weighting as a channel), PET SUVbw from the
    radiopharmaceutical tags.
+
+A 2.5D model (`ModelSpec.context_slices`) sees each slice with its neighbours in
+anatomical order: `neighbours` says which, `with_neighbours` stacks them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,3 +171,31 @@ def image_u8(network_input: np.ndarray, intensity: Intensity) -> np.ndarray:
                  "pet_suv": (0.0, intensity.clip)}[intensity.kind]
     return np.clip(np.rint((network_input[0] - low) * (255 / (high - low))), 0, 255
                    ).astype(np.uint8)
+
+
+def neighbours(index: int, count: int, context: int) -> list[int]:
+    """Which slices (indices in anatomical order, of `count`) a 2.5D model sees beside
+    slice `index`: one below, one above, two below, two above, ... to `context` each side.
+    Beyond either end of the series the end slice stands in for the missing ones."""
+    return [min(max(index + side * step, 0), count - 1)
+            for step in range(1, context + 1) for side in (-1, 1)]
+
+
+def with_neighbours(centre: np.ndarray, others: Sequence[np.ndarray],
+                    image_channels: int) -> np.ndarray:
+    """One 2.5D network input, float32: the pixel channels (the first `image_channels`) of
+    the slice, then those of each neighbour in `neighbours` order, then the slice's own
+    descriptive channels (an MR weighting code). The slice comes first, so a 2D model's
+    stem fits it with zero weights on the neighbours (`models.train.fit_stem`) and
+    `image_u8` shows it. With no neighbours, the slice's input as it is."""
+    if not others:
+        return centre
+    return np.concatenate([centre[:image_channels], *(o[:image_channels] for o in others),
+                           centre[image_channels:]], dtype=np.float32)
+
+
+def held(network_input: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """A slice's input as kept while it waits for its neighbours: float16 for a 2.5D model,
+    halving what a series in progress holds (training holds its inputs so too), unchanged
+    for a 2D one, which keeps nothing."""
+    return network_input.astype(np.float16) if spec.context_slices else network_input

@@ -16,7 +16,14 @@ import numpy as np
 from edge.backends.base import Backend
 from edge.errors import BackendError, ScansideError
 from edge.inference.postprocess import find_lesions
-from edge.inference.preprocess import image_u8, preprocess
+from edge.inference.preprocess import (
+    SliceGrid,
+    held,
+    image_u8,
+    neighbours,
+    preprocess,
+    with_neighbours,
+)
 from edge.series.geometry import GeometryProblem, SeriesGeometry, analyse_geometry
 from edge.values import SeriesResult, Slice, SlicePrediction
 
@@ -39,35 +46,47 @@ class SeriesPrediction:
 def predict(planes: Sequence[Slice], backend: Backend, batch_size: int = 8,
             clock: Callable[[], float] = time.perf_counter,
             raw: list | None = None) -> SeriesPrediction:
-    """Run the network over every slice, in anatomical order, `batch_size` at a time.
+    """Run the network over every slice, in anatomical order, `batch_size` at a time; a
+    2.5D model sees each with its neighbours, each slice preprocessed once.
 
     The stored maps are quantised to uint8; pass a list as `raw` to also receive each
     batch's float outputs (lesion, tumour), as parity checks need.
     """
+    spec = backend.spec
     geometry = analyse_geometry([p.header for p in planes])
     ordered = tuple(planes[i] for i in geometry.order)
     timings = {"preprocess": 0.0, "infer": 0.0}
     predictions: list[SlicePrediction] = []
+    prepared: dict[int, tuple[np.ndarray, SliceGrid]] = {}
     for start in range(0, len(ordered), batch_size):
-        chunk = ordered[start:start + batch_size]
+        chunk = range(start, min(start + batch_size, len(ordered)))
         t0 = clock()
-        inputs, grids = zip(*(preprocess(p, backend.spec) for p in chunk), strict=True)
+        for i in range(max(0, start - spec.context_slices),
+                       min(len(ordered), chunk.stop + spec.context_slices)):
+            if i not in prepared:
+                image, grid = preprocess(ordered[i], spec)
+                prepared[i] = held(image, spec), grid
+        inputs = np.stack([with_neighbours(prepared[i][0], [
+            prepared[j][0] for j in neighbours(i, len(ordered), spec.context_slices)],
+            spec.intensity.image_channels) for i in chunk])
         t1 = clock()
-        lesion, tumour = backend.infer(np.stack(inputs))
+        lesion, tumour = backend.infer(inputs)
         t2 = clock()
         if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
             raise BackendError(f"the {backend.name} backend gave NaN or infinite probabilities "
-                               f"for slices {start}-{start + len(chunk) - 1}: the analysis is "
+                               f"for slices {chunk.start}-{chunk.stop - 1}: the analysis is "
                                "not valid")
         if raw is not None:
             raw.append((lesion, tumour))
         timings["preprocess"] += (t1 - t0) * 1e3
         timings["infer"] += (t2 - t1) * 1e3
-        for plane, image, grid, prob, tumour_p in zip(chunk, inputs, grids, lesion, tumour,
-                                                      strict=True):
+        for i, prob, tumour_p in zip(chunk, lesion, tumour, strict=True):
+            image, grid = prepared[i]
             predictions.append(SlicePrediction(
-                plane.header.instance_key, to_u8(prob[0]), float(tumour_p[0]), grid,
-                image_u8(image, backend.spec.intensity)))
+                ordered[i].header.instance_key, to_u8(prob[0]), float(tumour_p[0]), grid,
+                image_u8(image, spec.intensity)))
+        for i in [i for i in prepared if i < chunk.stop - spec.context_slices]:
+            del prepared[i]                  # no later slice needs it
     return SeriesPrediction(ordered, tuple(predictions), geometry, timings)
 
 

@@ -67,6 +67,7 @@ class Intensity:
 
 
 WEIGHTING_CODES = {"T1": -1.0, "T2": 1.0}   # SliceHeader.mr_weighting -> channel value; else 0
+MAX_CONTEXT_SLICES = 3
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,18 @@ class ModelSpec:
     classes: tuple[str, ...] = ("background", "tumour")
     training_data: dict = field(default_factory=dict)   # digest, description, cases
     lesion_classifier: LesionClassifier | None = None   # scores lesions under "classifier"
+    # 2.5D: the network also sees this many neighbouring slices on each side
+    # (`edge.inference.preprocess.with_neighbours` says how they are stacked)
+    context_slices: int = 0
+
+    @property
+    def slices(self) -> int:
+        """Slices in one network input: the slice itself and its neighbours."""
+        return 1 + 2 * self.context_slices
 
     @property
     def channels(self) -> int:
-        return self.intensity.channels
+        return self.intensity.image_channels * self.slices + self.intensity.weighting
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -152,6 +161,9 @@ class ModelSpec:
         if self.intensity.weighting and self.intensity.kind != "mr_zscore":
             problems.append(f"intensity.weighting with {self.intensity.kind!r}: only "
                             "mr_zscore has a weighting channel")
+        if self.context_slices not in range(MAX_CONTEXT_SLICES + 1):
+            problems.append(f"context_slices {self.context_slices!r}: expected a whole number "
+                            f"from 0 to {MAX_CONTEXT_SLICES}")
         if not 16 <= self.size <= 2048 or not 0 < self.spacing_mm <= 20:
             problems.append(f"size {self.size} / spacing_mm {self.spacing_mm}: expected "
                             "16-2048 pixels and 0-20 mm")

@@ -2,8 +2,16 @@
 
 Slices are preprocessed and inferred as soon as they are admitted (in batches when
 several wait), and only their uint8 probability maps are kept, so a 1,000-slice series
-costs tens of MB. A slice showing a confident lesion raises a provisional alert at once,
-one per lesion: later slices of the same lesion update it rather than raise another.
+costs tens of MB. A 2.5D model (`ModelSpec.context_slices` k) sees each slice with its
+neighbours, so a slice is inferred once k slices have arrived on each side of it (one
+slice later, for a scan written in order), and again, whenever a slice lands between it
+and one of those, with the new neighbour; at completion the ends of the stack are
+inferred with the end slice standing in for the missing ones, as batch analysis does.
+Its preprocessed inputs are held (float16) until the series leaves memory: 400 kB a
+slice for a 2 x 320 x 320 input.
+
+A slice showing a confident lesion raises a provisional alert at once, one per lesion:
+later slices of the same lesion update it rather than raise another.
 When the series completes, only the 3D step remains: the result (positive, negative or
 failed) and, if there were findings or provisional alerts, a final alert superseding
 them go into the outbox in the same transaction that marks the series analysed.
@@ -25,13 +33,21 @@ from edge.delivery.outbox import Outbox
 from edge.delivery.payloads import Publishing, alert_message, message_id, result_message
 from edge.errors import ScansideError
 from edge.inference.postprocess import find_lesions, lesions_on_slice
-from edge.inference.preprocess import image_u8, preprocess
+from edge.inference.preprocess import (
+    SliceGrid,
+    held,
+    image_u8,
+    neighbours,
+    preprocess,
+    with_neighbours,
+)
 from edge.inference.series import FATAL_PROBLEMS, to_u8, verdict
 from edge.ingest.intake import Admitted, Completed, Forgotten
 from edge.series.assembler import Admission, SeriesState
+from edge.series.geometry import analyse_geometry
 from edge.state import transaction
 from edge.stream.store import SeriesStore
-from edge.values import Patient, SeriesResult, Slice, SlicePrediction
+from edge.values import Patient, SeriesResult, Slice, SliceHeader, SlicePrediction
 from edge.web.board import StatusBoard
 from edge.web.overlay import overlay_png, preview
 
@@ -51,6 +67,10 @@ class Progress:
     predictions: dict[str, SlicePrediction] = field(default_factory=dict)
     previews: dict[str, np.ndarray] = field(default_factory=dict)   # lesion slices only
     provisional: list[dict] = field(default_factory=list)   # {alert_id, center_mm, diameter_mm}
+    # 2.5D models only: each slice's held input, grid and header, and the neighbours
+    # (instance keys) it was last inferred with
+    held: dict[str, tuple[np.ndarray, SliceGrid, SliceHeader]] = field(default_factory=dict)
+    seen_with: dict[str, tuple[str, ...]] = field(default_factory=dict)
     failure: str | None = None
     timings_ms: dict = field(default_factory=lambda: {"read": 0.0, "preprocess": 0.0,
                                                       "infer": 0.0})
@@ -116,6 +136,9 @@ class StreamingAnalyzer:
             backend = self.backend_for(modality)
             if backend is None:
                 continue                             # failed at completion, with the reason
+            if backend.spec.context_slices:
+                self._hold(backend, items)
+                continue
             for start in range(0, len(items), self.batch_size):
                 self._infer_batch(backend, items[start:start + self.batch_size])
 
@@ -144,21 +167,79 @@ class StreamingAnalyzer:
                 progress.failure = str(error)
             return
         t2 = time.perf_counter()
-        threshold = round(backend.spec.thresholds.lesion_probability * 255)
         for (plane, progress, alerts), image, grid, p_lesion, p_tumour in zip(
                 ready, inputs, grids, lesion, tumour, strict=True):
             progress.timings_ms["preprocess"] += (t1 - t0) * 1e3 / len(ready)
             progress.timings_ms["infer"] += (t2 - t1) * 1e3 / len(ready)
-            prediction = SlicePrediction(plane.header.instance_key, to_u8(p_lesion[0]),
-                                         float(p_tumour[0]), grid,
-                                         image_u8(image, backend.spec.intensity))
-            progress.predictions[prediction.instance_key] = prediction
-            if prediction.lesion_u8.max() >= threshold:
-                progress.previews[prediction.instance_key] = preview(image)
-            if alerts:
-                self._provisional(progress, prediction, backend)
-            if self.board:
-                self.board.record_analysed(progress.series_uid)
+            self._record(progress, backend, plane.header.instance_key, image, grid, p_lesion,
+                         p_tumour, alerts)
+
+    def _hold(self, backend: Backend, items: list) -> None:
+        """2.5D: preprocess and hold the slices, then infer those now ready (`_infer_held`)."""
+        spec, touched = backend.spec, {}
+        for plane, progress, alerts in items:
+            t0 = time.perf_counter()
+            try:
+                image, grid = preprocess(plane, spec)
+            except ScansideError as error:
+                progress.failure = str(error)
+                continue
+            progress.held[plane.header.instance_key] = held(image, spec), grid, plane.header
+            progress.timings_ms["preprocess"] += (time.perf_counter() - t0) * 1e3
+            alerts = alerts or touched.get(progress.series_uid, (None, False))[1]
+            touched[progress.series_uid] = progress, alerts
+        for progress, alerts in touched.values():
+            if progress.failure is None:
+                headers = [header for _, _, header in progress.held.values()]
+                keys = [headers[i].instance_key for i in analyse_geometry(headers).order]
+                self._infer_held(backend, progress, keys, alerts, final=False)
+
+    def _infer_held(self, backend: Backend, progress: Progress, keys: list[str], alerts: bool,
+                    final: bool) -> None:
+        """Infer each held slice (`keys`: all of them, in anatomical order) whose neighbours
+        are not those it was last inferred with. Before the series is `final`, only slices
+        with all their neighbours arrived: the ends of the stack wait for completion."""
+        k, n = backend.spec.context_slices, len(keys)
+        due = []
+        for i, key in enumerate(keys):
+            around = tuple(keys[j] for j in neighbours(i, n, k))
+            if (final or k <= i < n - k) and progress.seen_with.get(key) != around \
+                    and all(j in progress.held for j in (key, *around)):
+                due.append((key, around))
+        image_channels = backend.spec.intensity.image_channels
+        for start in range(0, len(due), self.batch_size):
+            chunk = due[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            inputs = np.stack([with_neighbours(progress.held[key][0], [
+                progress.held[j][0] for j in around], image_channels) for key, around in chunk])
+            try:
+                lesion, tumour = backend.infer(inputs)
+                if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
+                    raise ScansideError(f"the {backend.name} backend gave NaN or infinite "
+                                        "probabilities: the analysis is not valid")
+            except ScansideError as error:
+                progress.failure = str(error)
+                return
+            progress.timings_ms["infer"] += (time.perf_counter() - t0) * 1e3
+            for (key, around), p_lesion, p_tumour in zip(chunk, lesion, tumour, strict=True):
+                progress.seen_with[key] = around
+                image, grid, _ = progress.held[key]
+                self._record(progress, backend, key, image, grid, p_lesion, p_tumour, alerts)
+
+    def _record(self, progress: Progress, backend: Backend, key: str, image: np.ndarray,
+                grid: SliceGrid, p_lesion: np.ndarray, p_tumour: np.ndarray,
+                alerts: bool) -> None:
+        """Keep what the network said about one slice; raise a provisional alert if due."""
+        prediction = SlicePrediction(key, to_u8(p_lesion[0]), float(p_tumour[0]), grid,
+                                     image_u8(image, backend.spec.intensity))
+        first = key not in progress.predictions
+        progress.predictions[key] = prediction
+        if prediction.lesion_u8.max() >= round(backend.spec.thresholds.lesion_probability * 255):
+            progress.previews[key] = preview(image)
+        if alerts:
+            self._provisional(progress, prediction, backend)
+        if self.board and first:
+            self.board.record_analysed(progress.series_uid)
 
     def _provisional(self, progress: Progress, prediction: SlicePrediction,
                      backend: Backend) -> None:
@@ -198,8 +279,12 @@ class StreamingAnalyzer:
     def _complete(self, state: SeriesState) -> None:
         progress = self.progress.get(state.series_uid) or Progress(
             state.series_uid, state.study_uid, state.modality, state.version, Patient())
-        started = time.perf_counter()
         backend = self.backend_for(state.modality)
+        if backend is not None and backend.spec.context_slices and progress.failure is None \
+                and state.geometry is not None:
+            self._infer_held(backend, progress, [state.planes[i].instance_key
+                                                 for i in state.geometry.order], False, True)
+        started = time.perf_counter()
         result = self._result(state, progress, backend)
         timings = dict(progress.timings_ms, postprocess=(time.perf_counter() - started) * 1e3)
         result = SeriesResult(result.series_uid, result.study_uid, result.modality,

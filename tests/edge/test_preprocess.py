@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from edge.errors import DicomError, ModelError
-from edge.inference.preprocess import normalise, preprocess, resample, slice_grid, suv_factor
+from edge.inference.preprocess import (
+    neighbours,
+    normalise,
+    preprocess,
+    resample,
+    slice_grid,
+    suv_factor,
+    with_neighbours,
+)
 from edge.inference.spec import Intensity, ModelSpec
 from edge.values import PetTags, Slice
 from tests.edge.test_geometry import plane
@@ -98,6 +106,31 @@ def test_a_weighting_channel_is_only_for_mr_and_survives_the_spec_json():
     ct = replace(CT_SPEC, intensity=replace(CT_SPEC.intensity, weighting=True))
     with pytest.raises(ModelError, match="intensity.weighting with 'ct_windows'"):
         ModelSpec.from_json(ct.to_json(), "ct.onnx")
+
+
+def test_a_2_5d_input_is_the_slice_then_each_neighbour_then_the_weighting_code():
+    assert neighbours(4, 10, 0) == []
+    assert neighbours(4, 10, 2) == [3, 5, 2, 6]
+    assert neighbours(0, 10, 1) == [0, 1] and neighbours(9, 10, 1) == [8, 9]   # ends repeat
+    assert neighbours(0, 1, 1) == [0, 0]
+    slices = [np.stack([np.full((4, 4), 10.0 * k), np.full((4, 4), -1.0)]) for k in range(3)]
+    stacked = with_neighbours(slices[1], [slices[0], slices[2]], image_channels=1)
+    assert stacked.dtype == np.float32
+    assert [float(c[0, 0]) for c in stacked] == [10.0, 0.0, 20.0, -1.0]
+    assert with_neighbours(slices[1], [], image_channels=1) is slices[1]
+
+
+def test_context_slices_widen_the_input_and_are_checked():
+    spec = replace(CT_SPEC, context_slices=1)
+    weighted = ModelSpec("MR", 40, 1.0, Intensity("mr_zscore", weighting=True), context_slices=2)
+    assert (CT_SPEC.channels, spec.channels, weighted.channels) == (2, 6, 6)
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    old = json.loads(CT_SPEC.to_json())
+    del old["context_slices"]                             # a model from before 2.5D
+    assert ModelSpec.from_json(json.dumps(old)).context_slices == 0
+    for wrong in (-1, 4, 1.5):
+        with pytest.raises(ModelError, match=f"context_slices {wrong}: expected a whole"):
+            ModelSpec.from_json(replace(CT_SPEC, context_slices=wrong).to_json(), "ct.onnx")
 
 
 def pet_header(correction="START", **changes):
