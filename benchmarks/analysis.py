@@ -14,6 +14,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 from tqdm import tqdm
@@ -27,7 +28,7 @@ def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch", "torch CUDA"), n_sli
     """Each backend in `backends` that this machine has; "torch CUDA" needs a CUDA GPU."""
     from edge.backends.select import choose, open_backend, probe
     from edge.inference.postprocess import lesions_on_slice
-    from edge.inference.preprocess import image_u8, preprocess
+    from edge.inference.preprocess import held, image_u8, neighbours, preprocess, with_neighbours
     from edge.ingest.reader import read_file
     from edge.values import SlicePrediction
     from export.onnx_export import metadata
@@ -56,19 +57,28 @@ def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch", "torch CUDA"), n_sli
                 backend = open_backend(choose(kind, zoo_dir, None, probe()), threads)
             stages: dict[str, list[float]] = {"read": [], "preprocess": [], "infer": [],
                                               "lesions": [], "analysis": []}
+            spec = backend.spec
+            recent: deque = deque(maxlen=spec.slices)
             for i, path in enumerate(tqdm(paths, desc=f"analysis ({kind})", unit="slice")):
                 t0 = time.perf_counter()
                 (plane,) = read_file(str(path))
                 t1 = time.perf_counter()
-                image, grid = preprocess(plane, backend.spec)
+                image, grid = preprocess(plane, spec)
+                recent.append((held(image, spec), grid))
                 t2 = time.perf_counter()
-                lesion, tumour = backend.infer(image[None])
+                # the slice this one completes: itself for a 2D model, the one k back for
+                # a 2.5D one, seen with the neighbours that have arrived
+                middle = len(recent) // 2
+                image, grid = recent[middle]
+                lesion, tumour = backend.infer(with_neighbours(image, [
+                    recent[j][0] for j in neighbours(middle, len(recent), spec.context_slices)],
+                    spec.intensity.image_channels)[None])
                 t3 = time.perf_counter()
                 prediction = SlicePrediction(plane.header.instance_key,
                                              (lesion[0, 0] * 255).astype("uint8"),
                                              float(tumour[0, 0]), grid,
-                                             image_u8(image, backend.spec.intensity))
-                lesions_on_slice(prediction, backend.spec)
+                                             image_u8(image, spec.intensity))
+                lesions_on_slice(prediction, spec)
                 t4 = time.perf_counter()
                 if i < 5:
                     continue            # warm-up

@@ -152,6 +152,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--mr-weighting", action="store_true",
                        help="MR: give the network a second input channel saying whether "
                             "the echo and repetition times weight a slice by T1 or T2")
+    train.add_argument("--context-slices", type=int, metavar="K",
+                       help="2.5D: show the network K neighbouring slices on each side as "
+                            "extra input channels (default: the fine-tuned model's, else 0). "
+                            "Fine-tuning a 2D model this way starts the neighbours' weights "
+                            "at zero, so it begins as the model it starts from")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser(
@@ -335,7 +340,7 @@ def _train(args: argparse.Namespace) -> int:
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
         balance_lesions_mm2=args.balance_lesions_mm2, sample_by_lesion=args.sample_by_lesion,
         favour_faint_sd=args.favour_faint, hard_negative_fraction=args.hard_negatives,
-        mr_weighting=args.mr_weighting,
+        mr_weighting=args.mr_weighting, context_slices=args.context_slices,
         tumour_labels=tuple(args.tumour_labels) if args.tumour_labels else None))
     if best is not None:
         print(f"best model: {best}")

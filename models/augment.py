@@ -60,30 +60,38 @@ def warp(images: torch.Tensor, masks: torch.Tensor,
 
 
 def jitter_intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
-                     image_channels: int | None = None) -> torch.Tensor:
-    """Scale, shift and add noise to the first `image_channels` channels (all by default);
-    the others (an MR weighting code, say) describe the slice and stay as they are."""
+                     image_channels: int | None = None, slices: int = 1) -> torch.Tensor:
+    """Scale, shift and add noise to the pixel channels: `slices` blocks (a slice and its
+    neighbours, `with_neighbours` order) of `image_channels` each (all channels of one
+    slice by default). A channel's scale and shift are drawn once a sample and apply to
+    every slice's block alike, as one series' slices share a scanner's calibration. The
+    other channels (an MR weighting code, say) describe the slice and stay as they are."""
     n, c = images.shape[:2]
-    scale = 1 + config.intensity_scale * (2 * torch.rand(n, c, 1, 1, generator=generator) - 1)
-    shift = config.intensity_shift * (2 * torch.rand(n, c, 1, 1, generator=generator) - 1)
+    per_slice = c if image_channels is None else image_channels
+    pixels = per_slice * slices
+    # A scale and shift for each channel of one slice, noise for every channel: a 2D batch
+    # draws the random numbers it always has, so a resumed run goes on as it began.
+    drawn = c - pixels + per_slice
+    scale = 1 + config.intensity_scale * (2 * torch.rand(n, drawn, 1, 1, generator=generator) - 1)
+    shift = config.intensity_shift * (2 * torch.rand(n, drawn, 1, 1, generator=generator) - 1)
     low, high = config.noise_std
     sigma = low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator)
-    noise = torch.randn(images.shape, generator=generator) * sigma
-    jittered = images * scale + shift + noise
-    if image_channels is None or image_channels >= c:
-        return jittered
-    return torch.cat([jittered[:, :image_channels], images[:, image_channels:]], dim=1)
+    noise = torch.randn(images.shape, generator=generator)
+    jittered = (images[:, :pixels] * scale[:, :per_slice].repeat(1, slices, 1, 1)
+                + shift[:, :per_slice].repeat(1, slices, 1, 1) + noise[:, :pixels] * sigma)
+    return torch.cat([jittered, images[:, pixels:]], dim=1)
 
 
 def augment(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig,
-            generator: torch.Generator,
-            image_channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            generator: torch.Generator, image_channels: int | None = None,
+            slices: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment a batch: (N, C, H, W) images and (N, 1, H, W) float masks. Intensity
-    jitter touches only the first `image_channels` channels (all by default); the others
-    keep their code, or in a fraction `unknown_code` of the samples become 0."""
+    jitter touches only the pixel channels (`jitter_intensity`); the others keep their
+    code, or in a fraction `unknown_code` of the samples become 0."""
     images, masks = warp(images, masks, random_affines(len(images), config, generator))
-    images = jitter_intensity(images, config, generator, image_channels)
-    if image_channels is not None and image_channels < images.shape[1]:
+    images = jitter_intensity(images, config, generator, image_channels, slices)
+    pixels = images.shape[1] if image_channels is None else image_channels * slices
+    if pixels < images.shape[1]:
         forget = torch.rand(len(images), generator=generator) < config.unknown_code
-        images[forget, image_channels:] = 0.0
+        images[forget, pixels:] = 0.0
     return images, masks

@@ -158,6 +158,9 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         groups += "\nEach held-out set on its own:\n" + by_set + "\n"
     intensity = spec.intensity
     details = f", windows {list(intensity.windows)}" if intensity.windows else ""
+    k = spec.context_slices
+    context = (f" and seen with {k} neighbouring slice{'s' if k > 1 else ''} on each side "
+               "(2.5D)" if k else "")
     if intensity.weighting:
         details += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
                     "and repetition times")
@@ -174,7 +177,8 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
   at most {network.max_channels} channels; {count_parameters(checkpoint.build()):,} parameters;
   {gflops_per_slice(network, spec.size):.2f} GFLOP per network input.
 - Input: {spec.channels} x {spec.size} x {spec.size}, each slice resampled to {spec.spacing_mm} mm
-  pixels; intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{details}).
+  pixels{context};
+  intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{details}).
 - Thresholds, chosen by `scanside calibrate` on a calibration set used for nothing else:
   a lesion is reported when {scoring} reaches
   {thresholds.detection_probability}

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from edge.errors import DicomError, ModelError
 from edge.inference.postprocess import NEIGHBOURS
-from edge.inference.preprocess import preprocess, resample
+from edge.inference.preprocess import neighbours, preprocess, resample, with_neighbours
 from edge.inference.spec import ModelSpec
 from edge.ingest.reader import read_file
 from edge.series.geometry import analyse_geometry
@@ -48,12 +48,21 @@ class CaseData:
     """One case on the network grid."""
 
     name: str
-    images: np.ndarray      # (slices, channels, size, size) float16
+    images: np.ndarray      # (slices, channels, size, size) float16, each slice alone
     masks: np.ndarray       # (slices, size, size) uint8: 1 inside a lesion
+    context_slices: int = 0   # the model's (`ModelSpec.context_slices`) ...
+    image_channels: int = 1   # ... and its pixel channels a slice (`Intensity.image_channels`)
 
     @property
     def tumour(self) -> np.ndarray:
         return self.masks.reshape(len(self.masks), -1).any(axis=1)
+
+    def inputs(self, slices: Iterable[int]) -> np.ndarray:
+        """The network inputs (float32) of these slices, a 2.5D model's with each slice's
+        neighbours stacked as the appliance stacks them (`with_neighbours`)."""
+        return np.stack([with_neighbours(self.images[s], [
+            self.images[j] for j in neighbours(s, len(self.images), self.context_slices)],
+            self.image_channels) for s in slices]).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -198,7 +207,8 @@ def prepare(case: DicomCase | NiftiCase, spec: ModelSpec) -> CaseData:
         image, grid = preprocess(plane, spec)
         images.append(image.astype(np.float16))
         grid_masks.append(resample(mask.astype(np.float32), grid, antialias=False) >= 0.5)
-    return CaseData(case.name, np.stack(images), np.stack(grid_masks).astype(np.uint8))
+    return CaseData(case.name, np.stack(images), np.stack(grid_masks).astype(np.uint8),
+                    spec.context_slices, spec.intensity.image_channels)
 
 
 def load_all(cases: Sequence, spec: ModelSpec, workers: int = 1) -> list[CaseData]:
@@ -304,7 +314,8 @@ class Sampler:
                 centre = (row, col)
             else:
                 (c, s), centre = self.index[self.rng.integers(len(self.index))], None
-            image, mask = self._crop(self.cases[c].images[s], self.cases[c].masks[s], centre)
+            image, mask = self._crop(self.cases[c].inputs([s])[0], self.cases[c].masks[s],
+                                     centre)
             images.append(image)
             masks.append(mask)
         masks = np.stack(masks)[:, None].astype(np.float32)

@@ -28,6 +28,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -92,6 +93,8 @@ class TrainConfig:
     favour_faint_sd: float = 0.0         # ... and faint ones (contrast under this) more often
     hard_negative_fraction: float = 0.0  # crops on the network's own false spots (`Sampler`)
     mr_weighting: bool = False           # MR: a second input channel says T1 or T2
+    context_slices: int | None = None    # 2.5D: neighbours each side (default: the fine-tuned
+                                         # model's, else 0)
 
 
 def train(config: TrainConfig) -> Path | None:
@@ -126,6 +129,9 @@ def train(config: TrainConfig) -> Path | None:
                        intensity=replace(start_from.spec.intensity,   # the input it learned on,
                                          weighting=start_from.spec.intensity.weighting
                                          or spec.intensity.weighting))  # perhaps widened
+    if resumed is None and config.context_slices is not None:    # 2D to 2.5D, or back
+        spec = replace(spec, context_slices=config.context_slices)
+        spec.validate(f"{config.modality} training")
     if resumed is None and (config.input_size or config.pixel_mm):    # another input grid
         spec = replace(spec, size=config.input_size or spec.size,
                        spacing_mm=config.pixel_mm or spec.spacing_mm)
@@ -144,14 +150,15 @@ def train(config: TrainConfig) -> Path | None:
                        in_channels=spec.channels))
     net = DetectionNet(network).to(device)
     if start_from is not None:
-        net.load_state_dict({name: fit_stem(tensor, spec.channels, spec.intensity.image_channels)
-                             if name in STEM_WEIGHTS else tensor
-                             for name, tensor in start_from.state.items()})
+        layouts = StemLayout.of(start_from.spec), StemLayout.of(spec)
+        net.load_state_dict({name: fit_stem(tensor, *layouts) if name in STEM_WEIGHTS
+                             else tensor for name, tensor in start_from.state.items()})
         _say(rank, f"every weight initialised from {config.init_weights} "
                    f"(epoch {start_from.epoch} of its training)")
     if config.init_encoder and resumed is None:
-        copied = transfer_encoder(net, load_checkpoint(config.init_encoder).build(),
-                                  spec.intensity.image_channels)
+        source = load_checkpoint(config.init_encoder)
+        copied = transfer_encoder(net, source.build(), StemLayout.of(spec),
+                                  StemLayout.of(source.spec))
         _say(rank, f"encoder initialised from {config.init_encoder}: {len(copied)} tensors")
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -186,7 +193,7 @@ def train(config: TrainConfig) -> Path | None:
                 group["lr"] = _learning_rate(config, epoch * config.steps_per_epoch + step, total)
             images, masks, tumour = (torch.from_numpy(a) for a in sampler.batch(config.batch_size))
             images, masks = augment(images, masks, config.augment, generator,
-                                    spec.intensity.image_channels)
+                                    spec.intensity.image_channels, spec.slices)
             tumour = masks.flatten(1).amax(dim=1, keepdim=True)   # what survived the warp
             weights = (lesion_weights(masks, config.balance_lesions_mm2 / spec.spacing_mm**2)
                        .to(device) if config.balance_lesions_mm2 else None)
@@ -264,7 +271,8 @@ def case_probabilities(net: DetectionNet, case: CaseData, device,
     probabilities (slices,) over every slice of `case`, `batch` slices at a time."""
     maps, heads = [], []
     for start in range(0, len(case.images), batch):
-        images = torch.from_numpy(case.images[start:start + batch].astype(np.float32))
+        images = torch.from_numpy(case.inputs(range(start, min(start + batch,
+                                                                len(case.images)))))
         lesion, tumour = net(images.to(device))
         maps.append(torch.sigmoid(lesion[:, 0]).cpu().numpy())
         heads.append(torch.sigmoid(tumour[:, 0]).cpu().numpy())
@@ -318,28 +326,54 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 STEM_WEIGHTS = ("encoder.stem.conv1.weight", "encoder.stem.skip.0.weight")  # see the input
 
 
-def fit_stem(weight: torch.Tensor, in_channels: int, image_channels: int) -> torch.Tensor:
-    """A stem weight (out, in, k, k) for a network with `in_channels` inputs, the first
-    `image_channels` of them pixel values.
+class StemLayout(NamedTuple):
+    """What a network's input channels hold, in `with_neighbours` order: `slices` blocks of
+    `image_channels` pixel channels (the slice, then its neighbours), then `descriptive`
+    channels (an MR weighting code)."""
 
-    Where the source has that many image channels its weights are kept; otherwise (CT's
-    two windows into a one-channel PET model, say) each image channel gets their mean.
-    Any further channel (an MR weighting code) starts at zero, so the network computes
-    what the source did until training teaches it to use that channel.
+    image_channels: int
+    slices: int = 1
+    descriptive: int = 0
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> StemLayout:
+        return cls(spec.intensity.image_channels, spec.slices, int(spec.intensity.weighting))
+
+    @property
+    def channels(self) -> int:
+        return self.image_channels * self.slices + self.descriptive
+
+
+def fit_stem(weight: torch.Tensor, source: StemLayout, target: StemLayout) -> torch.Tensor:
+    """A stem weight (out, in, k, k) of a network whose input is laid out as `source`,
+    refitted to `target`'s input, channel blocks matched by what they hold.
+
+    A slice block with as many pixel channels as the source's keeps its weights;
+    otherwise (CT's two windows into a one-channel PET model, say) each of its channels
+    gets the mean of the source block's. A block the source lacks (the neighbours a 2D
+    model never saw, an MR weighting code) starts at zero, so the network computes what
+    the source did until training teaches it to use them.
     """
-    if weight.shape[1] == in_channels:
+    if source == target:
         return weight
-    fitted = weight.new_zeros((weight.shape[0], in_channels, *weight.shape[2:]))
-    n = min(image_channels, in_channels)
-    fitted[:, :n] = weight if weight.shape[1] == n else weight.mean(dim=1, keepdim=True)
+    fitted = weight.new_zeros((weight.shape[0], target.channels, *weight.shape[2:]))
+    for block in range(min(source.slices, target.slices)):
+        have = weight[:, block * source.image_channels:(block + 1) * source.image_channels]
+        fitted[:, block * target.image_channels:(block + 1) * target.image_channels] = (
+            have if source.image_channels == target.image_channels
+            else have.mean(dim=1, keepdim=True))
+    shared = min(source.descriptive, target.descriptive)
+    start, end = source.channels - source.descriptive, target.channels - target.descriptive
+    fitted[:, end:end + shared] = weight[:, start:start + shared]
     return fitted
 
 
 def transfer_encoder(target: DetectionNet, source: DetectionNet,
-                     image_channels: int | None = None) -> list[str]:
+                     target_layout: StemLayout | None = None,
+                     source_layout: StemLayout | None = None) -> list[str]:
     """Copy the encoder weights of `source` into `target`; returns the copied names.
-    A stem for another number of input channels is fitted (`fit_stem`); `image_channels`
-    is the target's (all its channels by default)."""
+    A stem for another input is fitted (`fit_stem`); a layout not given is taken to be
+    that many pixel channels of one slice."""
     own = target.state_dict()
     copied = []
     for name, tensor in source.state_dict().items():
@@ -348,8 +382,8 @@ def transfer_encoder(target: DetectionNet, source: DetectionNet,
         if tensor.shape != own[name].shape:
             if name not in STEM_WEIGHTS:
                 continue
-            in_channels = own[name].shape[1]
-            tensor = fit_stem(tensor, in_channels, image_channels or in_channels)
+            tensor = fit_stem(tensor, source_layout or StemLayout(tensor.shape[1]),
+                              target_layout or StemLayout(own[name].shape[1]))
         own[name] = tensor.clone()
         copied.append(name)
     target.load_state_dict(own)

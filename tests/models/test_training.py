@@ -18,6 +18,7 @@ from models.data import DicomCase, prepare
 from models.network import TINY, DetectionNet, NetworkConfig
 from models.train import (
     STEM_WEIGHTS,
+    StemLayout,
     TrainConfig,
     detection_loss,
     false_spots,
@@ -79,7 +80,7 @@ def test_transfer_into_a_model_with_a_weighting_channel_starts_that_channel_at_z
     plain = DetectionNet(NetworkConfig(in_channels=1, base_channels=4, depth=2, max_channels=16))
     weighted = DetectionNet(NetworkConfig(in_channels=2, base_channels=4, depth=2,
                                           max_channels=16))
-    transfer_encoder(weighted, plain, image_channels=1)
+    transfer_encoder(weighted, plain, StemLayout(1, descriptive=1))
     for stem in STEM_WEIGHTS:
         assert torch.equal(weighted.state_dict()[stem][:, :1], plain.state_dict()[stem])
         assert torch.all(weighted.state_dict()[stem][:, 1] == 0)
