@@ -67,10 +67,11 @@ class Progress:
     predictions: dict[str, SlicePrediction] = field(default_factory=dict)
     previews: dict[str, np.ndarray] = field(default_factory=dict)   # lesion slices only
     provisional: list[dict] = field(default_factory=list)   # {alert_id, center_mm, diameter_mm}
-    # 2.5D models only: each slice's held input, grid and header, and the neighbours
-    # (instance keys) it was last inferred with
+    # Each slice's input, grid and header, held until it is inferred (a 2.5D model's until
+    # the series leaves memory), and the neighbours (instance keys) it was last inferred with
     held: dict[str, tuple[np.ndarray, SliceGrid, SliceHeader]] = field(default_factory=dict)
     seen_with: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    alerting: set[str] = field(default_factory=set)   # slices that may raise provisional alerts
     failure: str | None = None
     timings_ms: dict = field(default_factory=lambda: {"read": 0.0, "preprocess": 0.0,
                                                       "infer": 0.0})
@@ -136,46 +137,10 @@ class StreamingAnalyzer:
             backend = self.backend_for(modality)
             if backend is None:
                 continue                             # failed at completion, with the reason
-            if backend.spec.context_slices:
-                self._hold(backend, items)
-                continue
-            for start in range(0, len(items), self.batch_size):
-                self._infer_batch(backend, items[start:start + self.batch_size])
-
-    def _infer_batch(self, backend: Backend, items: list) -> None:
-        ready, inputs, grids = [], [], []
-        t0 = time.perf_counter()
-        for plane, progress, alerts in items:
-            try:
-                image, grid = preprocess(plane, backend.spec)
-            except ScansideError as error:
-                progress.failure = str(error)
-                continue
-            ready.append((plane, progress, alerts))
-            inputs.append(image)
-            grids.append(grid)
-        if not ready:
-            return
-        t1 = time.perf_counter()
-        try:
-            lesion, tumour = backend.infer(np.stack(inputs))
-            if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
-                raise ScansideError(f"the {backend.name} backend gave NaN or infinite "
-                                    "probabilities: the analysis is not valid")
-        except ScansideError as error:
-            for _, progress, _ in ready:
-                progress.failure = str(error)
-            return
-        t2 = time.perf_counter()
-        for (plane, progress, alerts), image, grid, p_lesion, p_tumour in zip(
-                ready, inputs, grids, lesion, tumour, strict=True):
-            progress.timings_ms["preprocess"] += (t1 - t0) * 1e3 / len(ready)
-            progress.timings_ms["infer"] += (t2 - t1) * 1e3 / len(ready)
-            self._record(progress, backend, plane.header.instance_key, image, grid, p_lesion,
-                         p_tumour, alerts)
+            self._hold(backend, items)
 
     def _hold(self, backend: Backend, items: list) -> None:
-        """2.5D: preprocess and hold the slices, then infer those now ready (`_infer_held`)."""
+        """Preprocess and hold the slices, then infer those now ready (`_infer_held`)."""
         spec, touched = backend.spec, {}
         for plane, progress, alerts in items:
             t0 = time.perf_counter()
@@ -186,19 +151,21 @@ class StreamingAnalyzer:
                 continue
             progress.held[plane.header.instance_key] = held(image, spec), grid, plane.header
             progress.timings_ms["preprocess"] += (time.perf_counter() - t0) * 1e3
-            alerts = alerts or touched.get(progress.series_uid, (None, False))[1]
-            touched[progress.series_uid] = progress, alerts
-        for progress, alerts in touched.values():
+            if alerts:
+                progress.alerting.add(plane.header.instance_key)
+            touched[progress.series_uid] = progress
+        for progress in touched.values():
             if progress.failure is None:
                 headers = [header for _, _, header in progress.held.values()]
                 keys = [headers[i].instance_key for i in analyse_geometry(headers).order]
-                self._infer_held(backend, progress, keys, alerts, final=False)
+                self._infer_held(backend, progress, keys, final=False)
 
-    def _infer_held(self, backend: Backend, progress: Progress, keys: list[str], alerts: bool,
+    def _infer_held(self, backend: Backend, progress: Progress, keys: list[str],
                     final: bool) -> None:
         """Infer each held slice (`keys`: all of them, in anatomical order) whose neighbours
-        are not those it was last inferred with. Before the series is `final`, only slices
-        with all their neighbours arrived: the ends of the stack wait for completion."""
+        are not those it was last inferred with: for a 2D model, each slice once, after
+        which it is no longer held. Before the series is `final`, a 2.5D model's slices
+        wait for all their neighbours: the ends of the stack wait for completion."""
         k, n = backend.spec.context_slices, len(keys)
         due = []
         for i, key in enumerate(keys):
@@ -223,8 +190,9 @@ class StreamingAnalyzer:
             progress.timings_ms["infer"] += (time.perf_counter() - t0) * 1e3
             for (key, around), p_lesion, p_tumour in zip(chunk, lesion, tumour, strict=True):
                 progress.seen_with[key] = around
-                image, grid, _ = progress.held[key]
-                self._record(progress, backend, key, image, grid, p_lesion, p_tumour, alerts)
+                image, grid, _ = progress.held[key] if k else progress.held.pop(key)
+                self._record(progress, backend, key, image, grid, p_lesion, p_tumour,
+                             not final and key in progress.alerting)
 
     def _record(self, progress: Progress, backend: Backend, key: str, image: np.ndarray,
                 grid: SliceGrid, p_lesion: np.ndarray, p_tumour: np.ndarray,
@@ -280,10 +248,9 @@ class StreamingAnalyzer:
         progress = self.progress.get(state.series_uid) or Progress(
             state.series_uid, state.study_uid, state.modality, state.version, Patient())
         backend = self.backend_for(state.modality)
-        if backend is not None and backend.spec.context_slices and progress.failure is None \
-                and state.geometry is not None:
+        if backend is not None and progress.failure is None and state.geometry is not None:
             self._infer_held(backend, progress, [state.planes[i].instance_key
-                                                 for i in state.geometry.order], False, True)
+                                                 for i in state.geometry.order], final=True)
         started = time.perf_counter()
         result = self._result(state, progress, backend)
         timings = dict(progress.timings_ms, postprocess=(time.perf_counter() - started) * 1e3)
