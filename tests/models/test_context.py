@@ -25,7 +25,7 @@ from models.checkpoint import load_checkpoint
 from models.data import DicomCase, prepare
 from models.network import TINY, DetectionNet
 from models.torch_backend import TorchBackend
-from models.train import STEM_WEIGHTS, StemLayout, TrainConfig, fit_stem, train
+from models.train import STEM_WEIGHTS, StemLayout, fit_stem
 from tests.models.test_synthetic_series import read_series
 
 
@@ -59,12 +59,15 @@ def test_a_2d_stem_fitted_for_neighbours_computes_what_it_did():
 
 @pytest.fixture(scope="module")
 def context_model(pet_cases, tiny_zoo, tmp_path_factory):
-    """The tiny PET model fine-tuned for a few steps into a 2.5D one (a neighbour each side)."""
-    return train(TrainConfig(modality="PT", data=(pet_cases[0],),
-                             out=tmp_path_factory.mktemp("context"),
-                             init_weights=tiny_zoo / "PT" / "model.pt", context_slices=1,
-                             epochs=1, steps_per_epoch=2, batch_size=2, crop=None, workers=1,
-                             val_fraction=0.0))
+    """The tiny PET model fine-tuned for a few steps into a 2.5D one (a neighbour each
+    side), by the command line."""
+    out = tmp_path_factory.mktemp("context")
+    subprocess.run([sys.executable, "-m", "edge", "train", "--data", str(pet_cases[0]),
+                    "--modality", "PT", "--out", str(out), "--init-weights",
+                    str(tiny_zoo / "PT" / "model.pt"), "--context-slices", "1", "--epochs", "1",
+                    "--steps-per-epoch", "2", "--batch-size", "2", "--workers", "1"],
+                   check=True, capture_output=True, timeout=300)
+    return out / "model.pt"
 
 
 def test_training_sees_each_slice_with_the_neighbours_the_appliance_gives_it(
