@@ -7,8 +7,8 @@ neighbours, so a slice is inferred once k slices have arrived on each side of it
 slice later, for a scan written in order), and again, whenever a slice lands between it
 and one of those, with the new neighbour; at completion the ends of the stack are
 inferred with the end slice standing in for the missing ones, as batch analysis does.
-Its preprocessed inputs are held (float16) until the series leaves memory: 400 kB a
-slice for a 2 x 320 x 320 input.
+Its preprocessed inputs are held (float16) until the series leaves memory
+(`series.forget_after_s` after completion): 400 kB a slice for a 2 x 320 x 320 input.
 
 A slice showing a confident lesion raises a provisional alert at once, one per lesion:
 later slices of the same lesion update it rather than raise another.
