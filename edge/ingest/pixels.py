@@ -85,7 +85,11 @@ def decode(ds: Dataset, header: SliceHeader, value: bytes) -> np.ndarray:
     ds.PixelData = value
     try:
         stored = ds.pixel_array
-    except Exception as error:  # decoder plugins raise their own exception types
+    except BaseException as error:  # decoder plugins raise their own exception types,
+        # and a Rust one (pylibjpeg-rle) panics on some corrupt data with pyo3's
+        # PanicException, a BaseException: a bad file must not take the reader down
+        if not isinstance(error, Exception) and type(error).__name__ != "PanicException":
+            raise
         raise DicomError(header.path, f"pixel data could not be decoded by pydicom "
                          f"({syntax.name}): {type(error).__name__}: {error}",
                          tag=PIXEL_DATA) from error

@@ -9,7 +9,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from edge.errors import DicomError
 from edge.ingest.reader import read_file
-from tests.factories import pydicom_sample_files, tiny_series
+from tests.factories import PYDICOM_DATA, pydicom_sample_files, tiny_series
 
 
 def _native_samples():
@@ -58,3 +58,13 @@ def test_unusual_bit_layouts_decode_like_pydicom(tmp_path, bits_allocated, bits_
     dcmwrite(path, ds, little_endian=not big, implicit_vr=False, force_encoding=True)
     (plane,) = read_file(str(path))
     np.testing.assert_array_equal(plane.stored, dcmread(path).pixel_array)
+
+
+def test_a_decoder_panic_on_corrupt_rle_is_a_dicom_error_naming_the_file(tmp_path):
+    data = bytearray(next(PYDICOM_DATA.rglob("MR_small_RLE.dcm")).read_bytes())
+    data[4134] ^= 36             # an RLE segment that overruns the frame: pylibjpeg-rle
+    path = tmp_path / "corrupt.dcm"                    # panics (a BaseException, not an
+    path.write_bytes(bytes(data))                      # Exception) on it
+    with pytest.raises(DicomError, match="PanicException") as error:
+        read_file(str(path))
+    assert str(path) in str(error.value) and "PixelData" in str(error.value)
