@@ -14,7 +14,7 @@ import resource
 import signal
 import time
 import warnings
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
@@ -153,6 +153,12 @@ class ReaderPool:
                       "the reader process was stopped")
         except ProcessExpired as error:
             reason = f"the reader process died while parsing this file ({_death(error.exitcode)})"
+        except CancelledError:
+            raise                                   # by close(): the caller passes it on
+        except BaseException as error:  # raised in the worker past read_outcome's net (not
+            # an Exception, like pyo3's PanicException), or one pebble could not send back
+            reason = (f"the reader process failed unexpectedly ({type(error).__name__}: "
+                      f"{error}); please report this file")
         return ReadOutcome(path, rejection=Rejection(reason, "invalid"))
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from edge.ingest import workers
 from edge.ingest.reader import ReadLimits
 from edge.ingest.workers import ReaderPool
 from tests.factories import deflate_bomb, tiny_series
@@ -80,6 +81,30 @@ def test_a_worker_killed_mid_file_is_reported_against_that_file(tmp_path):
         outcome = pending.result(timeout=30)
         assert outcome.rejection.kind == "invalid"
         assert "died while parsing this file (signal SIGKILL)" in outcome.rejection.reason
+
+
+class _Unsendable(BaseException):
+    """Like pyo3's PanicException: not an Exception, and it cannot be pickled back."""
+
+    def __reduce__(self):
+        raise TypeError("cannot be pickled")
+
+
+def _escape(path, limits):
+    raise _Unsendable("index out of bounds: the len is 8192 but the index is 8193")
+
+
+def test_an_escape_from_the_worker_costs_that_file_not_the_caller(tmp_path, monkeypatch):
+    # Found in session 57: a decoder's BaseException passed read_outcome's net and could not
+    # be pickled, so the Future raised the pickling error into the intake thread.
+    good = tiny_series(1).write(tmp_path)[0]
+    with ReaderPool(workers=1) as pool:
+        with monkeypatch.context() as patched:
+            patched.setattr(workers, "read_outcome", _escape)  # the worker imports this module
+            outcome = pool.read(str(good))
+        assert outcome.rejection.kind == "invalid"
+        assert outcome.rejection.reason.startswith("the reader process failed unexpectedly")
+        assert pool.read(str(good)).rejection is None
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory"])
