@@ -29,7 +29,7 @@ class TorchBackend(Backend):
         return [TensorInfo("image", (None, self.spec.channels, self.spec.size, self.spec.size),
                            "float32")]
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
             lesion, tumour = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(
                 self.device))

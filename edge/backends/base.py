@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.errors import BackendError, ScansideError
 from edge.inference.spec import ModelSpec
 
 
@@ -33,10 +34,27 @@ class Backend(ABC):
     def inputs(self) -> list[TensorInfo]:
         """The model's input tensors."""
 
-    @abstractmethod
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C, H, W) float32 -> (lesion probability (N, 1, H, W), tumour probability
-        (N, 1)), both float32."""
+        (N, 1)), both float32 and finite. BackendError when the runtime fails (out of
+        memory, a CUDA fault, an input the model does not take) or gives NaN or infinity,
+        so that the series is reported failed, never negative, and the appliance goes on."""
+        try:
+            lesion, tumour = self.run(batch)
+        except ScansideError:
+            raise
+        except Exception as error:  # each runtime raises its own types
+            said = " ".join(str(error).split())         # onnxruntime's runs over lines
+            raise BackendError(f"the {self.name} backend failed on a batch of shape "
+                               f"{batch.shape}: {type(error).__name__}: {said}") from error
+        if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
+            raise BackendError(f"the {self.name} backend gave NaN or infinite probabilities "
+                               f"for a batch of {len(batch)} slices: the analysis is not valid")
+        return lesion, tumour
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The runtime's inference, as `infer` describes it; `infer` checks it."""
 
     def close(self) -> None:  # noqa: B027 - a backend holding nothing needs no close
         """Release what the backend holds (sessions, GPU memory)."""

@@ -50,7 +50,7 @@ class OnnxRuntimeBackend(Backend):
         return [TensorInfo(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),
                            i.type) for i in self.session.get_inputs()]
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lesion, tumour = self.session.run(None, {self.input_name: np.ascontiguousarray(
             batch, dtype=np.float32)})
         return lesion.astype(np.float32, copy=False), tumour.astype(np.float32, copy=False)

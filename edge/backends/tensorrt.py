@@ -122,9 +122,9 @@ class TensorRTBackend(Backend):
     def inputs(self) -> list[TensorInfo]:
         return [TensorInfo(self.input.name, (None, *self.input.shape[1:]), self.input.dtype)]
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if len(batch) > self.max_batch:
-            parts = [self.infer(batch[i:i + self.max_batch])
+            parts = [self.run(batch[i:i + self.max_batch])
                      for i in range(0, len(batch), self.max_batch)]
             return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
         cuda, n = self._cuda, len(batch)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.backends.base import Backend
-from edge.errors import BackendError, ScansideError
+from edge.errors import ScansideError
 from edge.inference.postprocess import find_lesions
 from edge.inference.preprocess import (
     SliceGrid,
@@ -72,10 +72,6 @@ def predict(planes: Sequence[Slice], backend: Backend, batch_size: int = 8,
         t1 = clock()
         lesion, tumour = backend.infer(inputs)
         t2 = clock()
-        if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
-            raise BackendError(f"the {backend.name} backend gave NaN or infinite probabilities "
-                               f"for slices {chunk.start}-{chunk.stop - 1}: the analysis is "
-                               "not valid")
         if raw is not None:
             raw.append((lesion, tumour))
         timings["preprocess"] += (t1 - t0) * 1e3

@@ -181,9 +181,6 @@ class StreamingAnalyzer:
                 progress.held[j][0] for j in around], image_channels) for key, around in chunk])
             try:
                 lesion, tumour = backend.infer(inputs)
-                if not (np.isfinite(lesion).all() and np.isfinite(tumour).all()):
-                    raise ScansideError(f"the {backend.name} backend gave NaN or infinite "
-                                        "probabilities: the analysis is not valid")
             except ScansideError as error:
                 progress.failure = str(error)
                 return

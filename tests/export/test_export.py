@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -11,6 +12,7 @@ import pytest
 from edge import cli
 from edge.backends.base import Backend
 from edge.backends.onnxruntime import SPEC_KEY, OnnxRuntimeBackend
+from edge.errors import BackendError
 from edge.inference.series import analyze_series
 from export import parity
 from export.onnx_export import KEEP_FP32, convert_fp16, export_onnx, metadata
@@ -22,6 +24,7 @@ from models.network import TINY
 from models.torch_backend import TorchBackend
 from models.train import TrainConfig, train
 from tests.factories import TINY_PET
+from tests.models.test_context import streamed
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +125,7 @@ class NaNModel(Backend):
     def inputs(self):
         return []
 
-    def infer(self, batch):
+    def run(self, batch):
         n = len(batch)
         return np.full((n, 1, *batch.shape[2:]), np.nan, np.float32), np.zeros((n, 1), np.float32)
 
@@ -139,7 +142,7 @@ class SquareModel(Backend):
     def inputs(self):
         return []
 
-    def infer(self, batch):
+    def run(self, batch):
         n, _, h, w = batch.shape
         lesion = np.zeros((n, 1, h, w), np.float32)
         lesion[..., h // 4: h // 2, w // 4: w // 2] = self.probability
@@ -165,6 +168,23 @@ def test_a_model_giving_nan_makes_the_series_failed_never_negative(pet_cases):
     planes, _ = DicomCase(pet_cases[0]).slices()
     result = analyze_series(planes, NaNModel(TINY_PET))
     assert result.status == "failed" and "NaN" in result.reason
+
+
+def test_a_runtime_error_makes_the_series_failed_in_batch_and_in_streaming(
+        exported, pet_cases, tmp_path):
+    # A real ONNX Runtime failure: the spec is made to ask for 3 input channels (the slice
+    # and two neighbours) of a model that takes 1, so every batch is refused by the runtime.
+    backend = OnnxRuntimeBackend(exported[1], ["CPUExecutionProvider"])
+    backend.spec = replace(backend.spec, context_slices=1)
+    with pytest.raises(BackendError, match=r"the onnxruntime backend failed on a batch of "
+                                           r"shape \(4, 3, 32, 32\): InvalidArgument"):
+        backend.infer(np.zeros((4, 3, 32, 32), np.float32))
+    planes, _ = DicomCase(pet_cases[0]).slices()
+    batch = analyze_series(planes, backend)
+    assert batch.status == "failed" and "InvalidArgument" in batch.reason
+    analyzer, _ = streamed(planes, backend, tmp_path)      # raises nothing out of handle
+    streaming = analyzer.last_result
+    assert streaming.status == "failed" and "InvalidArgument" in streaming.reason
 
 
 def test_triton_repository_has_the_model_and_a_matching_config(exported, tmp_path):
