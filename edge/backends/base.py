@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.errors import BackendError, ScansideError
+from edge.errors import BackendError, ModelError, ScansideError
 from edge.inference.spec import ModelSpec
 
 
@@ -51,6 +51,22 @@ class Backend(ABC):
             raise BackendError(f"the {self.name} backend gave NaN or infinite probabilities "
                                f"for a batch of {len(batch)} slices: the analysis is not valid")
         return lesion, tumour
+
+    def check_input(self, source: object) -> None:
+        """ModelError naming `source` unless the model's one input takes what its spec makes
+        of a slice: (batch, spec.channels, spec.size, spec.size). A spec that describes
+        another network would otherwise fail every series it is given."""
+        inputs = self.inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{source}: expected one input tensor, found "
+                             f"{[t.name for t in inputs]}")
+        tensor, expected = inputs[0], (self.spec.channels, self.spec.size, self.spec.size)
+        if len(tensor.shape) != 4 or any(have is not None and have != want for have, want
+                                         in zip(tensor.shape[1:], expected, strict=True)):
+            raise ModelError(f"{source}: input {tensor.name!r} has shape {tensor.shape}, but "
+                             f"its spec makes (batch, channels, rows, columns) of (N, "
+                             f"{', '.join(map(str, expected))}): the spec is not this "
+                             "network's")
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

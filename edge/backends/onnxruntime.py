@@ -45,6 +45,7 @@ class OnnxRuntimeBackend(Backend):
         self.path = Path(path)
         self.input_name = self.session.get_inputs()[0].name
         self.why = f"{self.provider}, ONNX Runtime {ort.__version__}"
+        self.check_input(path)
 
     def inputs(self) -> list[TensorInfo]:
         return [TensorInfo(i.name, tuple(d if isinstance(d, int) else None for d in i.shape),

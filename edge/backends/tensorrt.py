@@ -85,6 +85,7 @@ class TensorRTBackend(Backend):
         self._context_stack.push()
         try:
             self._load(manifest)
+            self.check_input(engine_path)
         except BaseException:
             self._release()
             raise

@@ -12,7 +12,7 @@ import pytest
 from edge import cli
 from edge.backends.base import Backend
 from edge.backends.onnxruntime import SPEC_KEY, OnnxRuntimeBackend
-from edge.errors import BackendError
+from edge.errors import BackendError, ModelError
 from edge.inference.series import analyze_series
 from export import parity
 from export.onnx_export import KEEP_FP32, convert_fp16, export_onnx, metadata
@@ -168,6 +168,16 @@ def test_a_model_giving_nan_makes_the_series_failed_never_negative(pet_cases):
     planes, _ = DicomCase(pet_cases[0]).slices()
     result = analyze_series(planes, NaNModel(TINY_PET))
     assert result.status == "failed" and "NaN" in result.reason
+
+
+def test_a_model_whose_spec_is_not_its_network_s_is_refused_at_load(exported, tmp_path):
+    model = onnx.load(exported[1])
+    (entry,) = [p for p in model.metadata_props if p.key == SPEC_KEY]
+    entry.value = json.dumps({**json.loads(entry.value), "size": 48})
+    onnx.save(model, tmp_path / "model.onnx")
+    with pytest.raises(ModelError, match=r"model.onnx: input 'image' has shape \(None, 1, 32, "
+                                         r"32\), but its spec makes .* \(N, 1, 48, 48\)"):
+        OnnxRuntimeBackend(tmp_path / "model.onnx", ["CPUExecutionProvider"])
 
 
 def test_a_runtime_error_makes_the_series_failed_in_batch_and_in_streaming(
