@@ -164,7 +164,7 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     if intensity.weighting:
         details += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
                     "and repetition times")
-    found = _found_line(evaluation, "kind") + _found_line(evaluation, "organ")
+    found = "".join(_found_line(evaluation, key) for key in ("kind", "organ", "polarity"))
     return f"""# scanside {modality} model
 
 **Trained and evaluated on synthetic studies only. Not for clinical use.** Its figures
@@ -255,7 +255,8 @@ def _false_line(evaluation: dict) -> str:
 
 
 def _found_line(evaluation: dict, key: str) -> str:
-    """Lesions found per kind or organ, where the truth names them (synthetic sets do)."""
+    """Lesions found per kind or organ, where the truth names them (synthetic sets do), or
+    per polarity (brighter or darker than the surroundings in the network input)."""
     groups = evaluation.get(f"by_{key}")
     if not groups:
         return ""

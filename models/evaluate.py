@@ -14,9 +14,11 @@ lesion is darker than its organ in one and brighter in the other.
 Each true lesion's conspicuity is measured too: how many standard deviations of its
 surroundings (a shell 4-12 mm outside it, other lesions left out) the mean network input
 inside it differs from theirs. It says whether a missed lesion was faint in what the
-network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`). Where the
-truth names each lesion's kind and organ (synthetic series do), lesions found are counted
-per kind and per organ as well. Every missed lesion and every false positive (its case,
+network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`); its sign
+says whether the lesion is brighter or darker than its surroundings, and lesions found are
+counted per polarity too (a network may learn one better than the other). Where the truth
+names each lesion's kind and organ (synthetic series do), lesions found are counted per
+kind and per organ as well. Every missed lesion and every false positive (its case,
 centre, size, probability and slices) is listed, and with `--overlays` drawn on its
 slice (`review_overlays`), for review against the images.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -82,7 +84,7 @@ class CaseResult:
     candidates: list[Finding] | None = None   # below the detection threshold too (None:
                                               # the findings); the FROC walks down these
     mr_weighting: str = ""                    # "T1", "T2" or "" (unknown; not MR)
-    conspicuity: list[float] = field(default_factory=list)   # per true lesion (SD)
+    conspicuity: list[float] = field(default_factory=list)   # per true lesion (SD, signed)
     source: str = ""                          # the folder its series folder lies in
     overlays: dict[str, bytes] = field(default_factory=dict)   # name -> PNG, when asked
 
@@ -172,9 +174,9 @@ def conspicuity(lesion: dict, predictions: Sequence[SlicePrediction],
     """How far a true lesion stands out in the network input (its first channel): the
     mean inside it (voxels of the true mask within its radius of its centre, or the
     nearest voxel when it is smaller than one) minus the mean of the shell `SHELL_MM`
-    beyond its radius, in standard deviations of the shell, as a size (darker or
-    brighter), the deviation being at least one grey level. NaN when the input was not
-    kept or the shell is off the grid."""
+    beyond its radius, in standard deviations of the shell (the deviation being at least
+    one grey level): positive for a lesion brighter than its surroundings, negative for a
+    darker one. NaN when the input was not kept or the shell is off the grid."""
     centre, radius = np.asarray(lesion["center_mm"], float), lesion["diameter_mm"] / 2
     inside, shell, nearest = [], [], (np.inf, np.nan)
     for prediction, mask in zip(predictions, true_masks, strict=True):
@@ -201,7 +203,7 @@ def conspicuity(lesion: dict, predictions: Sequence[SlicePrediction],
     if len(shell) < 8:                  # a slice was near it, so `nearest` is set
         return float("nan")
     mean = inside.mean() if len(inside) else nearest[1]
-    return float(abs(mean - shell.mean()) / max(shell.std(), 1.0))
+    return float((mean - shell.mean()) / max(shell.std(), 1.0))
 
 
 def evaluate(folders: Sequence[Path], backend: Backend,
@@ -244,8 +246,9 @@ def lesion_metrics(cases: Sequence[CaseResult]) -> dict:
         / max(len(cases), 1),
         "froc": {f"{rate:g}": sensitivity_at(points, rate) for rate in FROC_FP_RATES},
         "by_conspicuity": _by_conspicuity(cases),
-        "by_kind": _found_by(cases, "kind"),
-        "by_organ": _found_by(cases, "organ"),
+        "by_kind": _found_by(cases, lambda c, i: c.truth[i].get("kind")),
+        "by_organ": _found_by(cases, lambda c, i: c.truth[i].get("organ")),
+        "by_polarity": _found_by(cases, _polarity),
     }
 
 
@@ -255,22 +258,23 @@ def _by_conspicuity(cases: Sequence[CaseResult]) -> dict:
     for c in cases:
         for i, value in enumerate(c.conspicuity):
             if not math.isnan(value):
-                band = CONSPICUITY_BANDS[int(np.searchsorted(CONSPICUITY_SD, value, "right"))]
+                band = CONSPICUITY_BANDS[int(np.searchsorted(CONSPICUITY_SD, abs(value),
+                                                             "right"))]
                 bands[band].append(i in c.matches)
     return {name: {"lesions": len(hits), "sensitivity": _ratio(sum(hits), len(hits))}
             for name, hits in bands.items()}
 
 
-def _found_by(cases: Sequence[CaseResult], key: str) -> dict:
-    """Lesions found per value of a truth field ("kind": round, cyst, ...; "organ": liver,
-    kidney, ...), all and >= 10 mm; {} when the truth has no such field (a Decathlon mask
-    does not)."""
+def _found_by(cases: Sequence[CaseResult],
+              group: Callable[[CaseResult, int], str | None]) -> dict:
+    """Lesions found per group (`group` of a case and its lesion's index: a truth field
+    such as the kind or the organ, or the polarity), all and >= 10 mm; lesions without a
+    group are left out, so {} when none has one (a Decathlon mask names no kind)."""
     groups: dict[str, list[tuple[bool, bool]]] = {}
     for c in cases:
         for i, lesion in enumerate(c.truth):
-            if key in lesion:
-                groups.setdefault(lesion[key], []).append(
-                    (lesion["diameter_mm"] >= 10, i in c.matches))
+            if (name := group(c, i)) is not None:
+                groups.setdefault(name, []).append((lesion["diameter_mm"] >= 10, i in c.matches))
     return {name: {"lesions": len(rows), "found": sum(hit for _, hit in rows),
                    "lesions_10mm_or_more": sum(large for large, _ in rows),
                    "found_10mm_or_more": sum(large and hit for large, hit in rows)}
@@ -314,6 +318,12 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
     return figures
 
 
+def _polarity(case: CaseResult, i: int) -> str | None:
+    """"brighter" or "darker" than its surroundings in the network input, where measured."""
+    value = case.conspicuity[i] if i < len(case.conspicuity) else float("nan")
+    return None if math.isnan(value) else "brighter" if value > 0 else "darker"
+
+
 def _conspicuity(case: CaseResult, i: int) -> float | None:
     value = case.conspicuity[i] if i < len(case.conspicuity) else float("nan")
     return None if math.isnan(value) else round(value, 2)
@@ -347,7 +357,7 @@ class Report:
         rows += ["| " + " | ".join([modality] + [f"{b['sensitivity']:.3f} ({b['lesions']})"
                                                  for b in m["by_conspicuity"].values()]) + " |"
                  for modality, m in sorted(self.by_modality.items())]
-        for key in ("kind", "organ"):
+        for key in ("kind", "organ", "polarity"):
             found = [(modality, name, k) for modality, m in sorted(self.by_modality.items())
                      for name, k in m.get(f"by_{key}", {}).items()]
             if found:

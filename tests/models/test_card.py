@@ -47,7 +47,7 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     bands = figures["by_conspicuity"]                    # every true lesion was measured
     assert sum(band["lesions"] for band in bands.values()) == figures["lesions"] > 0
     assert "By conspicuity" in text and "standard deviations of the shell" in text
-    for key in ("kind", "organ"):                        # synthetic truth names both
+    for key in ("kind", "organ", "polarity"):    # synthetic truth names the first two
         groups = figures[f"by_{key}"]
         assert sum(k["lesions"] for k in groups.values()) == figures["lesions"]
         name, k = next(iter(groups.items()))

@@ -183,8 +183,8 @@ def test_conspicuity_is_a_lesion_s_contrast_in_standard_deviations_of_its_surrou
     dark = conspicuity(truth, *painted_series(centre, 6.0, -10.0))      # 2 SD below
     unseen = conspicuity(truth, *painted_series(centre, 6.0, 0.0))
     assert bright == pytest.approx(3.0, abs=0.3)
-    assert dark == pytest.approx(2.0, abs=0.3)
-    assert unseen < 0.3
+    assert dark == pytest.approx(-2.0, abs=0.3)                         # the sign says darker
+    assert abs(unseen) < 0.3
 
 
 def test_conspicuity_of_a_lesion_smaller_than_a_voxel_uses_the_voxel_nearest_its_centre():
@@ -201,17 +201,24 @@ def test_conspicuity_is_not_measured_without_the_network_input():
                                   masks))
 
 
-def test_sensitivity_is_reported_per_band_of_conspicuity():
-    faint, clear = lesion(0), lesion(100)
-    found = replace(case("a", [faint, clear], [finding(100)]), conspicuity=[1.2, 4.0])
+def test_sensitivity_is_reported_per_band_of_conspicuity_and_per_polarity():
+    faint, clear, dark = lesion(0), lesion(100), lesion(200, 12.0)
+    found = replace(case("a", [faint, clear, dark], [finding(100)]),
+                    conspicuity=[1.2, 4.0, -2.5])
     unmeasured = replace(case("b", [lesion(0)], []), conspicuity=[float("nan")])
     m = metrics([found, unmeasured])
     assert m["by_conspicuity"] == {
         "below 2 SD": {"lesions": 1, "sensitivity": 0.0},
-        "2-3 SD": {"lesions": 0, "sensitivity": pytest.approx(float("nan"), nan_ok=True)},
+        "2-3 SD": {"lesions": 1, "sensitivity": 0.0},               # by size, whatever the sign
         "3 SD or more": {"lesions": 1, "sensitivity": 1.0}}
-    assert [x["conspicuity_sd"] for x in m["missed"]] == [1.2, None]
-    assert "below 2 SD" in Report({"CT": m}).table()
+    assert m["by_polarity"] == {
+        "brighter": {"lesions": 2, "found": 1, "lesions_10mm_or_more": 2,
+                     "found_10mm_or_more": 1},
+        "darker": {"lesions": 1, "found": 0, "lesions_10mm_or_more": 1,
+                   "found_10mm_or_more": 0}}
+    assert [x["conspicuity_sd"] for x in m["missed"]] == [1.2, -2.5, None]
+    table = Report({"CT": m}).table()
+    assert "below 2 SD" in table and "| CT | darker | 0 of 1 | 0 of 1 |" in table
 
 
 def test_lesions_found_are_counted_per_kind_and_organ_where_the_truth_names_them():
