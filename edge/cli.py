@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="centre this share of crops on spots where the network marks a "
                             "lesion that is not there, found again before every epoch by "
                             "running it over the training slices (default 0: off)")
+    train.add_argument("--favour-missed", type=float, default=0.0, metavar="W",
+                       help="sample by lesion, drawing a lesion the network misses (no "
+                            "voxel at 0.5 or more, found again before every epoch as the "
+                            "hard negatives are) W times as often (default 0: off)")
     train.add_argument("--mr-weighting", action="store_true",
                        help="MR: give the network a second input channel saying whether "
                             "the echo and repetition times weight a slice by T1 or T2")
@@ -340,6 +344,7 @@ def _train(args: argparse.Namespace) -> int:
         freeze_encoder_epochs=args.freeze_encoder_epochs, resume=args.resume,
         balance_lesions_mm2=args.balance_lesions_mm2, sample_by_lesion=args.sample_by_lesion,
         favour_faint_sd=args.favour_faint, hard_negative_fraction=args.hard_negatives,
+        favour_missed=args.favour_missed,
         mr_weighting=args.mr_weighting, context_slices=args.context_slices,
         tumour_labels=tuple(args.tumour_labels) if args.tumour_labels else None))
     if best is not None:

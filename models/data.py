@@ -272,7 +272,9 @@ class Sampler:
     lesion that stands out from its surroundings by less than that many standard
     deviations (`lesion_contrast`, in-plane shell `shell_px`) is drawn faint_sd/contrast
     times as often, at most `MAX_FAINT_WEIGHT` times (one whose contrast cannot be
-    measured, once).
+    measured, once). With `favour_missed` as well, `set_missed` (the trainer calls it
+    before every epoch) draws each lesion that the network then misses (no voxel of it at
+    0.5 or more) that many times as often again.
 
     A `hard_negative_fraction` of crops is centred (with the same jitter) on one of
     `false_spots`, (case, slice, row, column) peaks of where a network marks a lesion that
@@ -283,7 +285,8 @@ class Sampler:
 
     def __init__(self, cases: Sequence[CaseData], crop: int | None, positive_fraction: float,
                  rng: np.random.Generator, by_lesion: bool = False, faint_sd: float = 0.0,
-                 shell_px: tuple[int, int] = (2, 6), hard_negative_fraction: float = 0.0):
+                 shell_px: tuple[int, int] = (2, 6), hard_negative_fraction: float = 0.0,
+                 favour_missed: float = 0.0):
         self.cases, self.crop, self.rng = cases, crop, rng
         self.positive_fraction = positive_fraction
         self.hard_negative_fraction = hard_negative_fraction
@@ -291,16 +294,26 @@ class Sampler:
         self.index = [(c, s) for c, case in enumerate(cases) for s in range(len(case.images))]
         self.positives = [(c, s) for c, case in enumerate(cases)
                           for s in np.flatnonzero(case.tumour)]
-        by_lesion = by_lesion or faint_sd > 0
+        by_lesion = by_lesion or faint_sd > 0 or favour_missed > 0
         self.lesions = [(c, voxels) for c, case in enumerate(cases)
                         for voxels in lesion_voxels(case.masks)] if by_lesion else None
-        self.lesion_p = None                # None: every lesion as likely
+        self.favour_missed = favour_missed
+        self.lesion_weight = np.ones(len(self.lesions or ()))
         if faint_sd > 0 and self.lesions:
             contrast = np.array([lesion_contrast(cases[c], voxels, shell_px)
                                  for c, voxels in self.lesions])
             weight = np.clip(faint_sd / np.maximum(contrast, 1e-6), 1.0, self.MAX_FAINT_WEIGHT)
             weight[np.isnan(contrast)] = 1.0
-            self.lesion_p = weight / weight.sum()
+            self.lesion_weight = weight
+        self.lesion_p = self.lesion_weight / self.lesion_weight.sum() if self.lesions else None
+
+    def set_missed(self, peaks: Sequence[float]) -> int:
+        """Given each lesion's highest probability under the network (in `lesions` order),
+        draw the missed ones (under 0.5) `favour_missed` times as often; returns how many."""
+        missed = np.asarray(peaks) < 0.5
+        weight = self.lesion_weight * np.where(missed, self.favour_missed, 1.0)
+        self.lesion_p = weight / weight.sum()
+        return int(missed.sum())
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images, masks = [], []

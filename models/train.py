@@ -11,8 +11,10 @@ lesion in proportion to its volume or, with `sample_by_lesion`, each as often (a
 `favour_faint_sd` faint ones more often, as `Sampler` says). With
 `hard_negative_fraction`, that share of crops is centred on spots where the network itself
 marks a lesion that is not there, found again at the start of every epoch by running it
-over every training slice (`false_spots`; on CPU about as long as the validation of that
-many cases), so that it learns what its false candidates look like. Every
+over every training slice (`review`; on CPU about as long as the validation of that
+many cases), so that it learns what its false candidates look like; with `favour_missed`,
+the lesions it misses in that pass are drawn that many times as often (its hard positives,
+as the false spots are its hard negatives). Every
 batch is augmented (`augment.py`). The validation split is by patient and depends on
 the case names only, so a fine-tuning never validates on its starting point's training
 cases (`split_by_patient`). Each epoch ends
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -92,6 +95,7 @@ class TrainConfig:
     sample_by_lesion: bool = False       # positive crops: each lesion as often (`Sampler`)
     favour_faint_sd: float = 0.0         # ... and faint ones (contrast under this) more often
     hard_negative_fraction: float = 0.0  # crops on the network's own false spots (`Sampler`)
+    favour_missed: float = 0.0           # lesions it misses, this many times as often (0: off)
     mr_weighting: bool = False           # MR: a second input channel says T1 or T2
     context_slices: int | None = None    # 2.5D: neighbours each side (default: the fine-tuned
                                          # model's, else 0)
@@ -105,6 +109,9 @@ def train(config: TrainConfig) -> Path | None:
         raise ModelError(f"positive fraction {config.positive_fraction} and hard-negative "
                          f"fraction {config.hard_negative_fraction}: expected shares of the "
                          f"crops, each at least 0 and together at most 1")
+    if config.favour_missed and config.favour_missed < 1:
+        raise ModelError(f"favouring missed lesions {config.favour_missed} times: expected "
+                         "0 (off) or a weight of at least 1")
     rank, world, device = _distributed(config.device)
     torch.manual_seed(config.seed + rank)
     generator = torch.Generator().manual_seed(config.seed + rank)
@@ -171,18 +178,24 @@ def train(config: TrainConfig) -> Path | None:
                       config.positive_fraction, rng, by_lesion=config.sample_by_lesion,
                       faint_sd=config.favour_faint_sd,
                       shell_px=tuple(round(mm / spec.spacing_mm) for mm in SHELL_MM),
-                      hard_negative_fraction=config.hard_negative_fraction)
+                      hard_negative_fraction=config.hard_negative_fraction,
+                      favour_missed=config.favour_missed)
     total = config.epochs * config.steps_per_epoch
     for epoch in range(start, config.epochs):
         frozen = epoch < config.freeze_encoder_epochs
         mined = {}
-        if config.hard_negative_fraction:
-            sampler.false_spots = false_spots(net, train_data, device,
-                                              round(FALSE_SPOT_MARGIN_MM / spec.spacing_mm),
-                                              progress=rank == 0)
-            mined = {"false_spots": len(sampler.false_spots)}
-            _say(rank, f"epoch {epoch + 1}: {len(sampler.false_spots)} false spots in "
-                       f"{len(train_data)} training cases")
+        if config.hard_negative_fraction or config.favour_missed:
+            spots, peaks = review(net, train_data, device,
+                                  round(FALSE_SPOT_MARGIN_MM / spec.spacing_mm),
+                                  sampler.lesions or (), progress=rank == 0)
+            if config.hard_negative_fraction:
+                sampler.false_spots, mined["false_spots"] = spots, len(spots)
+                _say(rank, f"epoch {epoch + 1}: {len(spots)} false spots in "
+                           f"{len(train_data)} training cases")
+            if config.favour_missed:
+                mined["missed_lesions"] = sampler.set_missed(peaks)
+                _say(rank, f"epoch {epoch + 1}: it misses {mined['missed_lesions']} of "
+                           f"{len(peaks)} training lesions")
         net.train()
         set_encoder_trainable(net, not frozen)
         losses = []
@@ -300,17 +313,24 @@ def validate(net: DetectionNet, cases: list[CaseData], device, batch: int = 16) 
 FALSE_SPOT_MARGIN_MM = 5.0    # marks this close to a lesion are its edge, not a false spot
 
 
-def false_spots(net: DetectionNet, cases: list[CaseData], device, margin_px: int,
-                batch: int = 16, progress: bool = False) -> list[tuple[int, int, int, int]]:
-    """(case, slice, row, column) of each spot where `net` marks a lesion (probability
-    0.5 or more) more than `margin_px` pixels from every true one (`false_spot_peaks`)."""
+def review(net: DetectionNet, cases: list[CaseData], device, margin_px: int,
+           lesions: Sequence[tuple[int, np.ndarray]] = (), batch: int = 16,
+           progress: bool = False) -> tuple[list[tuple[int, int, int, int]], list[float]]:
+    """One pass of `net` over every slice of `cases`: the (case, slice, row, column) of
+    each spot where it marks a lesion (probability 0.5 or more) more than `margin_px`
+    pixels from every true one (`false_spot_peaks`), and the highest probability it gives
+    each of `lesions` ((case, voxels), in case order, as `Sampler.lesions` holds them)."""
     net.eval()
-    spots = []
-    for c, case in enumerate(tqdm(cases, desc="finding false spots", unit="case",
+    spots, peaks = [], []
+    of_case: dict[int, list[np.ndarray]] = {}
+    for c, voxels in lesions:
+        of_case.setdefault(c, []).append(voxels)
+    for c, case in enumerate(tqdm(cases, desc="reviewing its own marks", unit="case",
                                   disable=not progress, leave=False)):
         maps, _ = case_probabilities(net, case, device, batch)
         spots += [(c, *peak) for peak in false_spot_peaks(maps, case.masks, margin_px)]
-    return spots
+        peaks += [float(maps[tuple(voxels.T)].max()) for voxels in of_case.get(c, [])]
+    return spots, peaks
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:

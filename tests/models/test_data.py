@@ -194,6 +194,31 @@ def test_favouring_faint_lesions_draws_a_faint_lesion_more_often():
     assert 0.69 < faint_share(3.0) < 0.81
 
 
+def test_favouring_missed_lesions_draws_each_missed_one_that_many_times_as_often():
+    """Two lesions of one size: drawn half the time each; once the network is said to miss
+    the second (its peak under 0.5), 3 times as often as the first, so 3 crops in 4."""
+    from models.data import CaseData, Sampler
+
+    masks = np.zeros((4, 64, 64), np.uint8)
+    masks[1:3, 8:16, 8:16] = 1
+    masks[1:3, 40:48, 40:48] = 1
+    image = np.zeros((4, 1, 64, 64), np.float16)
+    image[1:3, 0, 40:48, 40:48] = 1            # marks the second lesion in the crops
+    sampler = Sampler([CaseData("case", image, masks)], crop=16, positive_fraction=1.0,
+                      rng=np.random.default_rng(0), favour_missed=3.0)
+
+    def second_share() -> float:
+        images, crop_masks, _ = sampler.batch(800)
+        return float(np.mean([crop[0][mask[0] > 0].mean() > 0.5
+                              for crop, mask in zip(images, crop_masks, strict=True)]))
+
+    assert 0.44 < second_share() < 0.56        # by lesion until the network is reviewed
+    assert sampler.set_missed([0.9, 0.2]) == 1
+    assert 0.69 < second_share() < 0.81
+    assert sampler.set_missed([0.9, 0.7]) == 0
+    assert 0.44 < second_share() < 0.56
+
+
 def test_false_spots_are_the_peaks_of_marks_away_from_every_lesion():
     """A lesion marked one pixel too wide is its edge, not a false spot; a mark 8 pixels
     away is one, found at its most probable pixel; so is a mark on a slice without lesions.

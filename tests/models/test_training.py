@@ -14,15 +14,15 @@ import torch
 from edge.errors import ModelError
 from edge.inference.spec import Intensity, ModelSpec
 from models.checkpoint import load_checkpoint
-from models.data import DicomCase, prepare
+from models.data import DicomCase, lesion_voxels, prepare
 from models.network import TINY, DetectionNet, NetworkConfig
 from models.train import (
     STEM_WEIGHTS,
     StemLayout,
     TrainConfig,
     detection_loss,
-    false_spots,
     lesion_weights,
+    review,
     set_encoder_trainable,
     train,
     transfer_encoder,
@@ -155,25 +155,35 @@ def test_training_writes_checkpoints_and_resumes_where_it_stopped(pet_cases, tmp
 
 def test_false_spots_are_where_the_network_marks_a_lesion_that_is_not_there(pet_cases):
     """A network that marks every pixel has one false spot on each slice (all but the
-    lesions and their margins is one region); one that marks none has none."""
+    lesions and their margins is one region) and finds every lesion; one that marks none
+    has none and misses them all."""
     case = prepare(DicomCase(pet_cases[0]), TINY_PET)
+    lesions = [(c, voxels) for c in (0, 1) for voxels in lesion_voxels(case.masks)]
+    assert lesions
     net = DetectionNet(TINY)
     with torch.no_grad():
         net.segment.weight.zero_()
         net.segment.bias.fill_(20.0)
-        everywhere = false_spots(net, [case, case], "cpu", margin_px=1, batch=5)
+        everywhere, found = review(net, [case, case], "cpu", margin_px=1, lesions=lesions,
+                                   batch=5)
         net.segment.bias.fill_(-20.0)
-        nowhere = false_spots(net, [case], "cpu", margin_px=1)
+        nowhere, missed = review(net, [case, case], "cpu", margin_px=1, lesions=lesions)
     assert len(everywhere) == 2 * len(case.images) and nowhere == []
+    assert len(found) == len(missed) == len(lesions)
+    assert min(found) > 0.99 and max(missed) < 0.01
     assert {c for c, *_ in everywhere} == {0, 1}
     for _, s, row, col in everywhere:
         assert not case.masks[s, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].any()
 
 
-def test_training_against_false_spots_mines_them_every_epoch(pet_cases, tmp_path):
-    train(tiny_config(pet_cases, tmp_path, hard_negative_fraction=0.3))
+def test_training_against_false_spots_and_missed_lesions_mines_them_every_epoch(
+        pet_cases, tmp_path):
+    train(tiny_config(pet_cases, tmp_path, hard_negative_fraction=0.3, favour_missed=3.0))
     history = json.loads((tmp_path / "history.json").read_text())
     assert [isinstance(h["false_spots"], int) for h in history] == [True, True]
+    assert [isinstance(h["missed_lesions"], int) for h in history] == [True, True]
+    with pytest.raises(ModelError, match="favouring missed lesions 0.5 times"):
+        train(tiny_config(pet_cases, tmp_path / "no", favour_missed=0.5))
     with pytest.raises(ModelError, match="hard-negative fraction 0.6"):
         train(tiny_config(pet_cases, tmp_path / "no", hard_negative_fraction=0.6))
 
