@@ -298,14 +298,14 @@ class Sampler:
         self.lesions = [(c, voxels) for c, case in enumerate(cases)
                         for voxels in lesion_voxels(case.masks)] if by_lesion else None
         self.favour_missed = favour_missed
-        self.lesion_weight = np.ones(len(self.lesions or ()))
+        self.lesion_weight: np.ndarray | float = 1.0      # every lesion as likely
+        self.lesion_p = None            # None: uniform, drawn as before weights existed
         if faint_sd > 0 and self.lesions:
             contrast = np.array([lesion_contrast(cases[c], voxels, shell_px)
                                  for c, voxels in self.lesions])
             weight = np.clip(faint_sd / np.maximum(contrast, 1e-6), 1.0, self.MAX_FAINT_WEIGHT)
             weight[np.isnan(contrast)] = 1.0
-            self.lesion_weight = weight
-        self.lesion_p = self.lesion_weight / self.lesion_weight.sum() if self.lesions else None
+            self.lesion_weight, self.lesion_p = weight, weight / weight.sum()
 
     def set_missed(self, peaks: Sequence[float]) -> int:
         """Given each lesion's highest probability under the network (in `lesions` order),

@@ -318,14 +318,19 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
     return figures
 
 
+def _measured(case: CaseResult, i: int) -> float:
+    """Lesion i's conspicuity; NaN where it was not measured."""
+    return case.conspicuity[i] if i < len(case.conspicuity) else float("nan")
+
+
 def _polarity(case: CaseResult, i: int) -> str | None:
     """"brighter" or "darker" than its surroundings in the network input, where measured."""
-    value = case.conspicuity[i] if i < len(case.conspicuity) else float("nan")
+    value = _measured(case, i)
     return None if math.isnan(value) else "brighter" if value > 0 else "darker"
 
 
 def _conspicuity(case: CaseResult, i: int) -> float | None:
-    value = case.conspicuity[i] if i < len(case.conspicuity) else float("nan")
+    value = _measured(case, i)
     return None if math.isnan(value) else round(value, 2)
 
 

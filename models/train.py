@@ -187,7 +187,8 @@ def train(config: TrainConfig) -> Path | None:
         if config.hard_negative_fraction or config.favour_missed:
             spots, peaks = review(net, train_data, device,
                                   round(FALSE_SPOT_MARGIN_MM / spec.spacing_mm),
-                                  sampler.lesions or (), progress=rank == 0)
+                                  sampler.lesions if config.favour_missed else (),
+                                  progress=rank == 0)
             if config.hard_negative_fraction:
                 sampler.false_spots, mined["false_spots"] = spots, len(spots)
                 _say(rank, f"epoch {epoch + 1}: {len(spots)} false spots in "
