@@ -80,6 +80,7 @@ class SliceHeader:
     series_description: str
     pet: PetTags | None = None
     mr_weighting: str = ""              # MR: "T1", "T2" or "" (proton density or unknown)
+    contrast_agent: str = ""            # ContrastBolusAgent: "" when none is recorded
     patient: Patient = field(default=Patient(), repr=False)
 
     @property

@@ -139,13 +139,16 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
                        f"{share:g} x `{second}`, weight by weight; the data, seed, epochs "
                        "and curves here are the first model's.")
     groups = "".join(
-        f"\n- {w}: {g['series']} series, {g['lesions']} lesions; sensitivity "
-        f"{g['lesion_sensitivity']:.3f} ({g['lesion_sensitivity_10mm_or_more']:.3f} >= 10 mm) "
-        f"at {g['false_positives_per_scan']:.2f} false positives per scan; FROC "
-        f"{g['froc']['0.5']:.3f} at 0.5, {g['froc']['2']:.3f} at 2"
-        for w, g in evaluation.get("by_mr_weighting", {}).items())
-    if groups:
-        groups = "\nBy weighting, as each series' tags give it:\n" + groups + "\n"
+        f"\n{heading}\n" + "".join(
+            f"\n- {w}: {g['series']} series, {g['lesions']} lesions; sensitivity "
+            f"{g['lesion_sensitivity']:.3f} ({g['lesion_sensitivity_10mm_or_more']:.3f} "
+            f">= 10 mm) at {g['false_positives_per_scan']:.2f} false positives per scan; "
+            f"FROC {g['froc']['0.5']:.3f} at 0.5, {g['froc']['2']:.3f} at 2"
+            for w, g in evaluation[key].items()) + "\n"
+        for key, heading in (("by_mr_weighting", "By weighting, as each series' tags give it:"),
+                             ("by_contrast", "By contrast agent, as each series' tags record "
+                                             "it (ContrastBolusAgent):"))
+        if key in evaluation)
     by_set = "".join(
         f"\n- `{source}`: {g['series']} series, {g['lesions']} lesions "
         f"({g['lesions_10mm_or_more']} >= 10 mm); sensitivity {g['lesion_sensitivity']:.3f} "

@@ -9,7 +9,10 @@ scan at the model's operating point; the FROC curve, over every candidate lesion
 its probability (the operating point is one point of it); series-level sensitivity,
 specificity and AUC; and pixel Dice on the network grid. MR lesion figures are also
 given per weighting (T1, T2 or unknown, as the series' tags say; see SliceHeader), since a
-lesion is darker than its organ in one and brighter in the other.
+lesion is darker than its organ in one and brighter in the other; and where any series
+records a contrast agent (ContrastBolusAgent), lesion figures are given for the series
+with one and those without apart, since enhancement brings organs up to the brightness
+of some lesions.
 
 Each true lesion's conspicuity is measured too: how many standard deviations of its
 surroundings (a shell 4-12 mm outside it, other lesions left out) the mean network input
@@ -86,6 +89,7 @@ class CaseResult:
     mr_weighting: str = ""                    # "T1", "T2" or "" (unknown; not MR)
     conspicuity: list[float] = field(default_factory=list)   # per true lesion (SD, signed)
     source: str = ""                          # the folder its series folder lies in
+    contrast_agent: str = ""                  # as the series' tags say; "" none recorded
     overlays: dict[str, bytes] = field(default_factory=dict)   # name -> PNG, when asked
 
     @property
@@ -138,7 +142,8 @@ def evaluate_case(folder: Path, backend: Backend, overlays: bool = False) -> Cas
                         (intersection, predicted, true), result.reason, candidates,
                         planes[0].header.mr_weighting,
                         [conspicuity(lesion, prediction.predictions, true_masks)
-                         for lesion in truth["lesions"]], str(folder.parent))
+                         for lesion in truth["lesions"]], str(folder.parent),
+                        contrast_agent=planes[0].header.contrast_agent)
     if overlays:
         scored.overlays = review_overlays(scored, prediction, true_masks, threshold)
     return scored
@@ -315,6 +320,11 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
         figures["by_mr_weighting"] = {
             w or "unknown": lesion_metrics([c for c in cases if c.mr_weighting == w])
             for w in weightings}
+    if any(c.contrast_agent for c in cases):
+        figures["by_contrast"] = {
+            name: lesion_metrics(group) for name, group in (
+                ("contrast agent", [c for c in cases if c.contrast_agent]),
+                ("none recorded", [c for c in cases if not c.contrast_agent])) if group}
     return figures
 
 
@@ -354,6 +364,7 @@ class Report:
                 f"{m['series_sensitivity']:.3f} | {m['series_specificity']:.3f} | "
                 f"{m['series_auc']:.3f} | {m['dice']:.3f} |")
         rows += self._groups("by_mr_weighting", "weighting", [("sens. @0.5 FP", "froc")])
+        rows += self._groups("by_contrast", "contrast", [("sens. @0.5 FP", "froc")])
         rows += self._groups("by_source", "set", [("series spec.", "series_specificity"),
                                                   ("AUC", "series_auc")])
         rows += ["", "Lesion sensitivity by conspicuity (lesions in brackets):", "",

@@ -83,6 +83,7 @@ def parse_headers(ds: Dataset, path: str) -> list[SliceHeader]:
         expected_count=n_frames if enhanced else _expected_count(f, modality),
         instance_number=f.integer("InstanceNumber", -(2**31), 2**31 - 1, default=None),
         series_description=str(ds.get("SeriesDescription", "") or ""),
+        contrast_agent=_contrast_agent(f),
         pet=_pet_tags(f) if modality == "PT" else None,
         patient=Patient(str(ds.get("PatientName", "") or ""), str(ds.get("PatientID", "") or ""),
                         str(ds.get("PatientBirthDate", "") or "")),
@@ -170,6 +171,17 @@ def _rescale(g, modality: str) -> tuple[Rescale, str]:
     else:
         units = g.text("RescaleType", via=via, default="stored") or "stored"
     return Rescale(slope, intercept), units
+
+
+def _contrast_agent(f: _Fields) -> str:
+    """The contrast agent the series was acquired with: ContrastBolusAgent, or in an
+    enhanced multi-frame file the first agent's CodeMeaning in ContrastBolusAgentSequence;
+    "" when none is recorded (which does not prove a plain scan)."""
+    agent = f.text("ContrastBolusAgent", default="")
+    agents = f.sequence("ContrastBolusAgentSequence", default=[])
+    if not agent and agents:
+        agent = str(agents[0].get("CodeMeaning", "") or "").strip()
+    return agent
 
 
 def _mr_weighting(g) -> str:

@@ -78,6 +78,7 @@ class SeriesIdentity:
     expected_count: int | None = None      # ImagesInAcquisition / NumberOfSlices
     tracer: Tracer | None = None           # PET only
     sequence: MRSequence | None = None     # MR only
+    contrast_agent: str = ""               # CT: ContrastBolusAgent of an enhanced series
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def make_dataset(values: np.ndarray, series: SeriesIdentity, plane: Plane,
     _patient_study_series(ds, series)
     _image(ds, series, plane, stored, storage, slope)
     if series.modality == "CT":
-        _ct(ds)
+        _ct(ds, series.contrast_agent)
     elif series.modality == "MR":
         _mr(ds, series.sequence or MRSequence())
     elif series.modality == "PT":
@@ -206,10 +207,13 @@ def _image(ds: Dataset, series: SeriesIdentity, plane: Plane, stored: np.ndarray
         ds.set_original_encoding(True, True)
 
 
-def _ct(ds: Dataset) -> None:
+def _ct(ds: Dataset, contrast_agent: str) -> None:
     ds.KVP = "120"
     ds.AcquisitionNumber = 1
     ds.ConvolutionKernel = "STANDARD"
+    if contrast_agent:                # the Contrast/Bolus module, as an enhanced scan has it
+        ds.ContrastBolusAgent = contrast_agent
+        ds.ContrastBolusRoute = "IV"
 
 
 def _mr(ds: Dataset, sequence: MRSequence) -> None:

@@ -30,6 +30,7 @@ class Appearance:
     bias: float = 0.0              # MR: bias field strength
     weighting: str = ""            # MR: T1 or T2
     fat_suppressed: bool = False   # MR
+    contrast_agent: str = ""       # CT: the intravenous agent of an enhanced series
     waves: tuple = ()              # 3D cosine waves for texture and bias
 
 
@@ -51,6 +52,9 @@ def _jitter(rng, values: dict, spread: float, floor: float = 1.0) -> dict:
     return {k: v + rng.normal(0, spread * max(abs(v), floor)) for k, v in values.items()}
 
 
+CT_CONTRAST_AGENT = "IOHEXOL 350 MG I/ML"   # what an enhanced series' ContrastBolusAgent says
+
+
 def _ct(rng, waves) -> Appearance:
     enhanced = rng.random() < 0.75
     tissue = {T.AIR: -1000, T.FAT: -100, T.MUSCLE: 55 if enhanced else 48, T.SOFT: 40,
@@ -61,7 +65,8 @@ def _ct(rng, waves) -> Appearance:
     tissue = _jitter(rng, tissue, 0.08)
     tissue[T.AIR] = -1000.0
     return Appearance("CT", tissue, texture=rng.uniform(3, 9),
-                      blur_mm=rng.uniform(0.35, 0.8), noise=rng.uniform(7, 22), waves=waves)
+                      blur_mm=rng.uniform(0.35, 0.8), noise=rng.uniform(7, 22), waves=waves,
+                      contrast_agent=CT_CONTRAST_AGENT if enhanced else "")
 
 
 def _mr(rng, waves) -> Appearance:

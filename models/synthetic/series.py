@@ -207,7 +207,8 @@ def _plan(modality, patient: Patient, appearance: Appearance, protocol: Protocol
         patient=PatientIds(f"Synthetic^{case}", case, "19600101"),
         expected_count=len(zs) if protocol.expected_count_tag else None, tracer=tracer,
         sequence=(MRSequence(appearance.weighting, appearance.fat_suppressed)
-                  if modality == "MR" else None))
+                  if modality == "MR" else None),
+        contrast_agent=appearance.contrast_agent)
     half = np.array([(protocol.columns - 1) / 2, (protocol.rows - 1) / 2]) * protocol.pixel_mm
     numbers = range(1, len(zs) + 1) if protocol.ascending_files else range(len(zs), 0, -1)
     planes = []
@@ -257,6 +258,8 @@ def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], 
                       "step_mm": round(protocol.step_mm, 2),
                       "transfer_syntax": str(protocol.storage.transfer_syntax.name),
                       "weighting": appearance.weighting or None,
+                      **({"contrast_agent": appearance.contrast_agent or None}
+                         if identity.modality == "CT" else {}),
                       **({"fat_suppressed": appearance.fat_suppressed}
                          if identity.modality == "MR" else {}),
                       **({"faint": faint} if faint else {}),

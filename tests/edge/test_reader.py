@@ -145,6 +145,20 @@ def test_enhanced_mr_frames_take_their_weighting_from_their_own_echo(tmp_path):
     assert [p.header.mr_weighting for p in read_file(str(path))] == ["T1", "T2"]
 
 
+def test_the_contrast_agent_is_read_where_a_series_records_one(tmp_path):
+    (ct,) = read_file(str(PYDICOM_DATA / "test_files" / "CT_small.dcm"))
+    assert ct.header.contrast_agent == "ISOVUE300/100"
+    (mr,) = read_file(str(PYDICOM_DATA / "test_files" / "MR_small.dcm"))   # the tag, empty
+    assert mr.header.contrast_agent == ""
+    path = enhanced_ct(tmp_path / "enhanced.dcm", frames=2)   # enhanced: coded, in a sequence
+    ds = dcmread(path)
+    agent = Dataset()
+    agent.CodeValue, agent.CodingSchemeDesignator, agent.CodeMeaning = "C-B0322", "SRT", "Iohexol"
+    ds.ContrastBolusAgentSequence = [agent]
+    ds.save_as(path)
+    assert [p.header.contrast_agent for p in read_file(str(path))] == ["Iohexol", "Iohexol"]
+
+
 def test_multiframe_without_per_frame_geometry_is_rejected_with_the_reason():
     with pytest.raises(DicomError, match=r"PerFrameFunctionalGroupsSequence \(5200,9230\)"):
         read_file(str(PYDICOM_DATA / "test_files" / "rtdose.dcm"))

@@ -63,6 +63,7 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
 
     evaluation = json.loads((entry / "eval" / "eval.json").read_text())   # as an MR set has
     evaluation["PT"]["by_mr_weighting"] = {"T1": {**figures, "lesion_sensitivity": 0.25}}
+    evaluation["PT"]["by_contrast"] = {"none recorded": {**figures, "lesion_sensitivity": 0.5}}
     evaluation["PT"]["by_source"] = {"data/heldout-a": {**figures, "series_specificity": 0.75}}
     (entry / "eval" / "eval.json").write_text(json.dumps(evaluation))
     (entry / "fp16-parity.json").write_text(json.dumps({
@@ -76,6 +77,8 @@ def test_the_card_states_the_measured_figures_and_which_targets_they_miss(tiny_z
     assert "generated with seeds 77 and 78, which no training" in " ".join(text.split())
     assert (f"- T1: {figures['series']} series, {figures['lesions']} lesions; "
             "sensitivity 0.250") in text
+    assert (f"(ContrastBolusAgent):\n\n- none recorded: {figures['series']} series, "
+            f"{figures['lesions']} lesions; sensitivity 0.500") in text
     assert (f"- `data/heldout-a`: {figures['series']} series, {figures['lesions']} lesions "
             f"({figures['lesions_10mm_or_more']} >= 10 mm)") in text
     assert "specificity 0.750 over" in " ".join(text.split())

@@ -142,6 +142,18 @@ def test_mr_lesion_figures_are_also_given_per_weighting():
     assert "by_mr_weighting" not in metrics([case("a", [lesion(0)], [finding(0)])])
 
 
+def test_lesion_figures_are_also_given_with_and_without_a_recorded_contrast_agent():
+    cases = [replace(case("a", [lesion(0), lesion(100)], [finding(0)]), contrast_agent="Iohexol"),
+             case("b", [lesion(0)], [finding(0), finding(60)])]
+    m = metrics(cases)
+    groups = m["by_contrast"]
+    assert sorted(groups) == ["contrast agent", "none recorded"]
+    assert (groups["contrast agent"]["lesions"], groups["contrast agent"]["lesion_sensitivity"],
+            groups["none recorded"]["false_positives_per_scan"]) == (2, 0.5, 1.0)
+    assert "| CT | contrast agent | 1 | 2 | 0.500 |" in Report({"CT": m}).table()
+    assert "by_contrast" not in metrics(cases[1:])     # no series records one: no split
+
+
 def test_sets_pooled_in_one_evaluation_are_also_scored_each_on_its_own():
     cases = [replace(case("a", [lesion(0)], [finding(0)]), source="heldout-1"),
              replace(case("b", [], [finding(50)]), source="heldout-1"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 
 import pytest
 
 from models.synthetic.dicom import StorageConvention
+from models.synthetic.physics import CT_CONTRAST_AGENT
 from tests.factories import tiny_series
 
 needs_dicom3tools = pytest.mark.skipif(shutil.which("dciodvfy") is None,
@@ -18,9 +20,12 @@ needs_dcmtk = pytest.mark.skipif(shutil.which("dcmdump") is None,
 
 
 @needs_dicom3tools
-@pytest.mark.parametrize("modality", ["CT", "MR", "PT"])
-def test_dciodvfy_finds_no_error_in_a_written_slice(tmp_path, modality):
-    path = tiny_series(2, modality).write(tmp_path)[0]
+@pytest.mark.parametrize("modality,contrast_agent", [
+    ("CT", ""), ("CT", CT_CONTRAST_AGENT), ("MR", ""), ("PT", "")])
+def test_dciodvfy_finds_no_error_in_a_written_slice(tmp_path, modality, contrast_agent):
+    series = tiny_series(2, modality)
+    series = replace(series, identity=replace(series.identity, contrast_agent=contrast_agent))
+    path = series.write(tmp_path)[0]
     result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
     assert errors == []

@@ -196,6 +196,28 @@ def test_mr_tissues_vary_between_patients_about_their_weighting_s_values():
     assert brighter > 0.95
 
 
+def test_an_enhanced_ct_series_records_its_contrast_agent_and_a_plain_one_none(tmp_path):
+    from dataclasses import replace
+
+    from models.synthetic.dicom import make_dataset
+    from tests.factories import tiny_series
+
+    draws = [sample_appearance("CT", np.random.default_rng(seed)) for seed in range(200)]
+    enhanced = [a.tissue[T.KIDNEY] > 100 for a in draws]    # 170 HU enhanced, 32 plain
+    assert 0.65 < np.mean(enhanced) < 0.85
+    assert [bool(a.contrast_agent) for a in draws] == enhanced
+    series = tiny_series(1, "CT")
+    for agent in (draws[enhanced.index(True)].contrast_agent, ""):
+        identity = replace(series.identity, contrast_agent=agent)
+        ds = make_dataset(np.zeros((8, 8)), identity, series.planes[0])
+        path = tmp_path / f"{bool(agent)}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert ("ContrastBolusAgent" in ds, ds.get("ContrastBolusRoute")) == (
+            (True, "IV") if agent else (False, None))
+        (plane,) = read_file(str(path))
+        assert plane.header.contrast_agent == agent
+
+
 def test_every_lesion_is_centred_in_the_tissue_of_the_organ_it_is_recorded_in():
     """An organ's shape lies partly under later layers (the heart over the lung, the kidney
     over the liver); a "lung" nodule of 39 mm centred in the mediastinum had the
