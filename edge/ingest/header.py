@@ -178,10 +178,10 @@ def _contrast_agent(f: _Fields) -> str:
     enhanced multi-frame file the first agent's CodeMeaning in ContrastBolusAgentSequence;
     "" when none is recorded (which does not prove a plain scan)."""
     agent = f.text("ContrastBolusAgent", default="")
+    if agent:
+        return agent
     agents = f.sequence("ContrastBolusAgentSequence", default=[])
-    if not agent and agents:
-        agent = str(agents[0].get("CodeMeaning", "") or "").strip()
-    return agent
+    return str(agents[0].get("CodeMeaning", "") or "").strip() if agents else ""
 
 
 def _mr_weighting(g) -> str:
