@@ -262,6 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--small", type=float, default=0.0, metavar="SHARE",
                        help="for training sets: draw this share of lesions 4-10 mm across "
                             "(the rest 4-40 mm); default 0")
+    synth.add_argument("--bright", type=float, metavar="SHARE",
+                       help="for training sets: draw this share of CT solid lesions brighter "
+                            "than their organ (the rest darker); default 0.35")
     synth.add_argument("--without-lesions", action="store_true",
                        help="for calibration sets: every patient without a lesion (a quarter "
                             "are, by default), so the specificity limit rests on many")
@@ -519,13 +522,16 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from models.synthetic.anatomy import LesionMix
     from models.synthetic.series import synthesize
 
-    for option, share in (("--faint", args.faint), ("--small", args.small)):
-        if not 0 <= share <= 1:
+    for option, share in (("--faint", args.faint), ("--small", args.small),
+                          ("--bright", args.bright)):
+        if share is not None and not 0 <= share <= 1:
             raise ScansideError(f"{option} {share}: expected a share between 0 and 1")
+    mix = LesionMix(args.faint, args.small, args.bright)
     folders = synthesize(args.modality, args.cases, args.seed, args.out, args.workers,
-                         args.first_case, args.faint, not args.without_lesions, args.small)
+                         args.first_case, mix, not args.without_lesions)
     print(f"wrote {len(folders)} {args.modality} series to {args.out}")
     return 0
 

@@ -43,6 +43,7 @@ class Tissue(IntEnum):
 
 LESION_KINDS = ("round", "ellipsoid", "lobulated", "spiculated", "rim", "cyst")
 ORGAN_WEIGHTS = {"liver": 0.42, "lung": 0.2, "kidney": 0.14, "spleen": 0.1, "soft": 0.14}
+BRIGHT_SHARE = 0.35      # CT: solid lesions brighter than their organ (the rest darker)
 CYST_UPTAKE = 0.6        # PET: a cystic tumour's uptake against a solid one's
 ORGAN_TISSUE = {"liver": Tissue.LIVER, "lung": Tissue.LUNG, "kidney": Tissue.KIDNEY,
                 "spleen": Tissue.SPLEEN, "soft": Tissue.SOFT}
@@ -64,6 +65,31 @@ class Lesion:
     def diameter_mm(self) -> float:
         """Diameter of the sphere with the lesion's volume."""
         return float((6 * self.volume_mm3 / np.pi) ** (1 / 3))
+
+
+@dataclass(frozen=True)
+class LesionMix:
+    """Which lesions a training set draws more of than `scanside synth` does by default;
+    the default draws every patient exactly as before the options existed.
+
+    faint: the share of lesions drawn at the low end of their modality's contrast (`_faint`).
+    small: the share drawn 4-10 mm across, rather than 4-40 mm.
+    bright: the share drawn brighter than their organ (CT solid lesions, the only ones whose
+      polarity varies), or None for BRIGHT_SHARE; the same draw decides either way, so a
+      lesion drawn bright by default stays bright at any larger share.
+    """
+
+    faint: float = 0.0
+    small: float = 0.0
+    bright: float | None = None
+
+    def recorded(self) -> dict[str, float]:
+        """The options that differ from the default, as truth.json's generator notes them."""
+        return {name: value for name, value in vars(self).items()
+                if value != getattr(DEFAULT_MIX, name)}
+
+
+DEFAULT_MIX = LesionMix()
 
 
 @dataclass(frozen=True)
@@ -163,10 +189,9 @@ class Grid:
 
 
 def sample_patient(rng: np.random.Generator, n_lesions: int | None = None,
-                   faint: float = 0.0, small: float = 0.0) -> Patient:
+                   mix: LesionMix = DEFAULT_MIX) -> Patient:
     """Draw one patient with `n_lesions` lesions (random 0-4, a quarter without, if None),
-    each drawn faint (see `_faint`) with probability `faint` and 4-10 mm across, rather than
-    4-40 mm, with probability `small`."""
+    drawn as `mix` says."""
     a, b = rng.uniform(125, 185), rng.uniform(90, 135)
     diaphragm = rng.uniform(190, 230)
     trunk = EllipticCylinder(np.array([0.0, 0.0]), np.array([a, b]), (-60.0, 420.0),
@@ -196,7 +221,7 @@ def sample_patient(rng: np.random.Generator, n_lesions: int | None = None,
     patient = Patient(tuple(layers), (), trunk, diaphragm, weight, scan)
     count = n_lesions if n_lesions is not None else (
         0 if rng.random() < 0.25 else int(rng.integers(1, 5)))
-    return Patient(tuple(layers), _lesions(rng, patient, organs, count, faint, small), trunk,
+    return Patient(tuple(layers), _lesions(rng, patient, organs, count, mix), trunk,
                    diaphragm, weight, scan)
 
 
@@ -293,8 +318,8 @@ def _bowel_gas(rng, a, b, dz):
     return pockets
 
 
-def _lesions(rng, patient: Patient, organs, count: int, faint: float,
-             small: float) -> tuple[Lesion, ...]:
+def _lesions(rng, patient: Patient, organs, count: int,
+             mix: LesionMix) -> tuple[Lesion, ...]:
     cavity = _Shrunk(patient.trunk, 45)
     hosts = {"liver": organs["liver"], "lung": organs["lung"], "kidney": organs["kidney"],
              "spleen": organs["spleen"], "soft": cavity}
@@ -304,7 +329,8 @@ def _lesions(rng, patient: Patient, organs, count: int, faint: float,
     while len(lesions) < count and attempts < 200:
         attempts += 1
         organ = str(rng.choice(names, p=np.array(weights) / sum(weights)))
-        diameter = rng.uniform(4, 10) if small and rng.random() < small else rng.uniform(4, 40)
+        small = mix.small and rng.random() < mix.small
+        diameter = rng.uniform(4, 10) if small else rng.uniform(4, 40)
         if organ in ("spleen", "kidney"):
             diameter = min(diameter, 30)
         center = _point_inside(rng, hosts[organ], patient, margin=diameter / 2)
@@ -312,8 +338,9 @@ def _lesions(rng, patient: Patient, organs, count: int, faint: float,
                                  < (diameter + other.diameter_mm) / 2 + 8 for other in lesions):
             continue
         kinds = ("round", "spiculated", "lobulated") if organ == "lung" else LESION_KINDS
-        lesion = _lesion(rng, str(rng.choice(kinds)), organ, center, diameter)
-        if faint and rng.random() < faint:
+        lesion = _lesion(rng, str(rng.choice(kinds)), organ, center, diameter,
+                         BRIGHT_SHARE if mix.bright is None else mix.bright)
+        if mix.faint and rng.random() < mix.faint:
             lesion = _faint(rng, lesion)
         # The organ's shape lies partly under later layers (the heart over the lung, the
         # kidney over the liver): the lesion's centre, as truth.json gives it, must lie
@@ -334,7 +361,8 @@ def _point_inside(rng, shape, patient: Patient, margin: float):
     return inside[0] if len(inside) else None
 
 
-def _lesion(rng, kind: str, organ: str, center: np.ndarray, diameter: float) -> Lesion:
+def _lesion(rng, kind: str, organ: str, center: np.ndarray, diameter: float,
+            bright: float) -> Lesion:
     r = diameter / 2
     core = None
     if kind == "round":
@@ -360,7 +388,7 @@ def _lesion(rng, kind: str, organ: str, center: np.ndarray, diameter: float) -> 
         core = Ellipsoid(center, np.asarray(solid.radii) - max(0.6, r * 0.08), solid.rotation)
     centroid, volume = measure(solid)
     return Lesion(kind, organ, solid, core, centroid, volume, float(rng.uniform(0.35, 1.0)),
-                  int(rng.choice([-1, 1], p=[0.65, 0.35])), float(rng.uniform(2.0, 6.0)))
+                  1 if rng.random() >= 1 - bright else -1, float(rng.uniform(2.0, 6.0)))
 
 
 def _faint(rng, lesion: Lesion) -> Lesion:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from edge.errors import ScansideError
 from edge.values import Patient as PatientIds
 from models.pool import process_pool
-from models.synthetic.anatomy import Lesion, Patient, sample_patient
+from models.synthetic.anatomy import DEFAULT_MIX, Lesion, LesionMix, Patient, sample_patient
 from models.synthetic.dicom import (
     MRSequence,
     SeriesIdentity,
@@ -102,13 +102,11 @@ def sample_protocol(modality: str, rng: np.random.Generator) -> Protocol:
 
 
 def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1,
-               first_case: int = 0, faint: float = 0.0, lesions: bool = True,
-               small: float = 0.0) -> list[Path]:
+               first_case: int = 0, mix: LesionMix = DEFAULT_MIX,
+               lesions: bool = True) -> list[Path]:
     """Write `cases` series; case k uses the random stream (seed, k) whoever runs it.
-    `faint`: the share of lesions drawn at the low end of their modality's contrast
-    (`anatomy._faint`), for training sets; 0 (the default) draws exactly as before.
-    `small`: the share of lesions drawn 4-10 mm across (the rest 4-40 mm), for training
-    sets; 0 (the default) draws exactly as before.
+    `mix`: for training sets, more of the lesions a network finds hard (`LesionMix`); the
+    default draws exactly as before.
     `lesions=False` draws every patient without a lesion (a quarter are, by default), for
     calibration sets whose specificity limit should rest on many such series.
     ScansideError, before anything is written, when a series' folder already holds files:
@@ -126,11 +124,11 @@ def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1
     bar = tqdm(total=cases, desc=f"synth {modality}", unit="series")
     if workers <= 1:
         for k in indices:
-            done.append(write_case(modality, seed, k, out, faint, lesions, small))
+            done.append(write_case(modality, seed, k, out, mix, lesions))
             bar.update()
     else:
         with process_pool(workers) as pool:
-            futures = [pool.submit(write_case, modality, seed, k, out, faint, lesions, small)
+            futures = [pool.submit(write_case, modality, seed, k, out, mix, lesions)
                        for k in indices]
             for future in as_completed(futures):
                 done.append(future.result())
@@ -143,11 +141,11 @@ def series_folder(out: Path, modality: str, seed: int, index: int) -> Path:
     return out / f"{modality}-{seed}-{index:04d}"
 
 
-def write_case(modality: str, seed: int, index: int, out: Path, faint: float = 0.0,
-               lesions: bool = True, small: float = 0.0) -> Path:
+def write_case(modality: str, seed: int, index: int, out: Path,
+               mix: LesionMix = DEFAULT_MIX, lesions: bool = True) -> Path:
     """Draw, render and write one series; returns its folder."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, _code(modality)]))
-    patient = sample_patient(rng, None if lesions else 0, faint, small)
+    patient = sample_patient(rng, None if lesions else 0, mix)
     appearance = sample_appearance(modality, rng)
     protocol = sample_protocol(modality, rng)
     folder = series_folder(out, modality, seed, index)
@@ -166,7 +164,7 @@ def write_case(modality: str, seed: int, index: int, out: Path, faint: float = 0
     np.savez_compressed(folder / "mask.npz", labels=labels,
                         sop_instance_uids=np.array([planes[i][1].sop_uid for i in order]))
     _write_truth(folder, identity, [patient.lesions[i] for i in imaged], protocol, appearance,
-                 seed, index, faint, not lesions, small)
+                 seed, index, mix, not lesions)
     return folder
 
 
@@ -239,8 +237,8 @@ def _name(protocol: Protocol, plane: DicomPlane, modality: str, rng) -> str:
 
 
 def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], protocol: Protocol,
-                 appearance: Appearance, seed: int, index: int, faint: float,
-                 without_lesions: bool = False, small: float = 0.0) -> None:
+                 appearance: Appearance, seed: int, index: int, mix: LesionMix,
+                 without_lesions: bool = False) -> None:
     truth = {
         "series_uid": identity.series_uid,
         "modality": identity.modality,
@@ -262,8 +260,7 @@ def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], 
                          if identity.modality == "CT" else {}),
                       **({"fat_suppressed": appearance.fat_suppressed}
                          if identity.modality == "MR" else {}),
-                      **({"faint": faint} if faint else {}),
-                      **({"small": small} if small else {}),
+                      **mix.recorded(),
                       **({"without_lesions": True} if without_lesions else {})},
     }
     (folder / "truth.json").write_text(json.dumps(truth, indent=2) + "\n")

@@ -15,7 +15,7 @@ from edge.inference.preprocess import suv_factor
 from edge.ingest.reader import read_file
 from edge.series.geometry import analyse_geometry
 from models.data import DicomCase
-from models.synthetic.anatomy import ORGAN_TISSUE, sample_patient
+from models.synthetic.anatomy import ORGAN_TISSUE, LesionMix, sample_patient
 from models.synthetic.anatomy import Tissue as T
 from models.synthetic.physics import lesion_values, sample_appearance
 
@@ -136,10 +136,10 @@ def test_faint_lesions_stand_1_2_to_2_times_above_their_organ_in_pet_and_none_el
     ratios, kinds = [], set()
     for case in range(40):
         plain = sample_patient(np.random.default_rng(case)).lesions
-        same = sample_patient(np.random.default_rng(case), faint=0.0).lesions
+        same = sample_patient(np.random.default_rng(case), mix=LesionMix(faint=0.0)).lesions
         assert [(a.volume_mm3, a.uptake) for a in plain] == [(b.volume_mm3, b.uptake) for b in same]
         rng = np.random.default_rng(case)
-        patient, pet = sample_patient(rng, faint=1.0), sample_appearance("PT", rng)
+        patient, pet = sample_patient(rng, mix=LesionMix(faint=1.0)), sample_appearance("PT", rng)
         for lesion in patient.lesions:
             organ = max(pet.tissue[ORGAN_TISSUE[lesion.organ]], 1.5)
             ratios.append(lesion_values(lesion, pet)[0] / organ)
@@ -153,7 +153,8 @@ def test_small_lesions_are_4_to_10_mm_across_and_without_the_option_nothing_chan
     """`synth --small` for training sets: the uniform 4-40 mm draw puts about one lesion in
     five under 10 mm (sphere-equivalent diameter), the size CT misses most."""
     def diameters(**option) -> list[float]:
-        drawn = [sample_patient(np.random.default_rng(case), **option) for case in range(40)]
+        drawn = [sample_patient(np.random.default_rng(case), mix=LesionMix(**option))
+                 for case in range(40)]
         return [lesion.diameter_mm for patient in drawn for lesion in patient.lesions]
 
     plain, every, half = diameters(), diameters(small=1.0), diameters(small=0.5)
@@ -163,17 +164,50 @@ def test_small_lesions_are_4_to_10_mm_across_and_without_the_option_nothing_chan
     assert np.mean(np.array(plain) < 10) < np.mean(np.array(half) < 10) < 0.8
 
 
-def test_a_series_drawn_with_small_lesions_says_so_in_truth(tmp_path):
+def test_a_series_drawn_with_a_lesion_mix_says_so_in_truth(tmp_path):
     """PT seed 2 case 2 draws lesions (the mask test above); drawn small, truth.json
-    records the share and every lesion written is under 11 mm."""
+    records the share and every lesion written is under 11 mm; an option left at its
+    default is not recorded."""
     from models.synthetic.series import write_case
 
-    truth = json.loads((write_case("PT", 2, 2, tmp_path, small=1.0) / "truth.json").read_text())
+    folder = write_case("PT", 2, 2, tmp_path / "small", LesionMix(small=1.0))
+    truth = json.loads((folder / "truth.json").read_text())
     assert truth["generator"]["small"] == 1.0 and truth["lesions"]
+    assert "faint" not in truth["generator"] and "bright" not in truth["generator"]
     assert all(lesion["diameter_mm"] < 11 for lesion in truth["lesions"])
+    folder = write_case("PT", 2, 2, tmp_path / "bright", LesionMix(bright=0.8))
+    generator = json.loads((folder / "truth.json").read_text())["generator"]
+    assert generator["bright"] == 0.8 and "small" not in generator
 
 
-@pytest.mark.parametrize("option", ["--faint", "--small"])
+def test_bright_sets_the_share_of_ct_solid_lesions_brighter_than_their_organ():
+    """`synth --bright` for training sets: by default about a third of the lesions are
+    drawn brighter than their organ, and a bright solid lesion in an enhanced CT looks like
+    an enhancing vessel; the option draws more of them, and nothing but their sign
+    changes: the same random draw decides it at any share."""
+    def drawn(bright):
+        return [sample_patient(np.random.default_rng(case), mix=LesionMix(bright=bright))
+                for case in range(60)]
+
+    plain, every, none, most = drawn(None), drawn(1.0), drawn(0.0), drawn(0.8)
+    signs = {bright: np.array([lesion.sign for patient in patients for lesion in patient.lesions])
+             for bright, patients in ((None, plain), (1.0, every), (0.0, none), (0.8, most))}
+    assert 0.25 < np.mean(signs[None] > 0) < 0.45 and len(signs[None]) > 80
+    assert (signs[1.0] == 1).all() and (signs[0.0] == -1).all()
+    assert 0.7 < np.mean(signs[0.8] > 0) < 0.9
+    assert (signs[0.8] >= signs[None]).all()      # bright by default, bright at 0.8
+    def but_sign(patients):
+        return [(x.kind, x.organ, x.volume_mm3, x.strength, x.uptake, *x.center_mm)
+                for patient in patients for x in patient.lesions]
+
+    assert but_sign(every) == but_sign(none) == but_sign(most) == but_sign(plain)
+    ct = sample_appearance("CT", np.random.default_rng(0))
+    for lesion in (x for patient in every for x in patient.lesions):
+        if lesion.organ != "lung" and lesion.kind not in ("rim", "cyst"):
+            assert lesion_values(lesion, ct)[0] >= ct.tissue[ORGAN_TISSUE[lesion.organ]] + 30
+
+
+@pytest.mark.parametrize("option", ["--faint", "--small", "--bright"])
 def test_synth_refuses_a_share_outside_0_to_1(tmp_path, capsys, option):
     from edge.cli import main
 
