@@ -174,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="also a PNG of each missed lesion and false positive in "
                                "OUT/overlays: the network input, the probability as heat, "
                                "the model's outline in green, the true lesions' in cyan")
+    _backend_option(evaluate)
     evaluate.set_defaults(handler=_eval)
 
     calibrate = commands.add_parser(
@@ -191,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--specificity-se", type=float, default=1.0,
                            help="standard errors below the specificity measured that its "
                                 "lower bound lies (Wilson score); 0 compares the figure itself")
+    _backend_option(calibrate)
     calibrate.set_defaults(handler=_calibrate)
 
     average = commands.add_parser(
@@ -368,11 +370,20 @@ def _truth_series(data: list[Path]) -> list[Path]:
     return folders
 
 
+def _backend_option(command: argparse.ArgumentParser) -> None:
+    from models.backend import BACKENDS
+
+    command.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
+                         help="run the checkpoint in ONNX Runtime, exported to a temporary "
+                              "FP32 ONNX file first (default; on a CPU the network runs "
+                              "about 3.5 times faster), or in torch, the reference")
+
+
 def _eval(args: argparse.Namespace) -> int:
     _needs_torch("eval")
     from edge.inference.zoo import DEFAULT_ZOO, model_file
+    from models.backend import open_checkpoint
     from models.evaluate import evaluate, write_report
-    from models.torch_backend import TorchBackend
 
     by_modality: dict[str, list[Path]] = {}
     for folder in _truth_series(args.data):
@@ -381,7 +392,7 @@ def _eval(args: argparse.Namespace) -> int:
     results = {}
     for modality, group in sorted(by_modality.items()):
         checkpoint = args.model or model_file(args.zoo or DEFAULT_ZOO, modality, "model.pt")
-        with TorchBackend(checkpoint) as backend:
+        with open_checkpoint(checkpoint, args.backend) as backend:
             if backend.spec.modality != modality:
                 raise ScansideError(f"{checkpoint} is a {backend.spec.modality} model; "
                                     f"the data hold {modality} series")
@@ -394,11 +405,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     _needs_torch("calibrate")
+    from models.backend import open_checkpoint
     from models.calibrate import calibrate
-    from models.torch_backend import TorchBackend
 
     folders = _truth_series(args.data)
-    with TorchBackend(args.model) as backend:
+    with open_checkpoint(args.model, args.backend) as backend:
         report = calibrate(folders, args.model, args.out, backend, args.max_fp,
                            args.min_specificity, args.specificity_se)
     print(json.dumps(report["chosen"], indent=2))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -43,11 +44,15 @@ def export_onnx(checkpoint: Path, out: Path, max_batch: int = 64) -> Path:
     spec = loaded.spec
     example = torch.zeros(2, spec.channels, spec.size, spec.size)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
+    # The exporter warns, once per process, that torchvision's detection operators cannot be
+    # registered without torchvision; the network uses none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
                                     input_names=[INPUT], output_names=list(OUTPUTS),
-                                    dynamic_shapes={"x": {0: batch}}, optimize=True)
+                                    dynamic_shapes={"x": {0: batch}}, optimize=True,
+                                    verbose=False)
     proto = program.model_proto
     _set_metadata(proto, {
         SPEC_KEY: spec.to_json(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import replace
 
@@ -300,3 +301,30 @@ def test_overlays_of_pooled_sets_go_in_a_folder_per_set(tmp_path):
     write_report({"CT": cases}, tmp_path)
     for source in ("one", "two"):
         assert (tmp_path / "overlays" / source / "a-missed-0.png").read_bytes() == source.encode()
+
+
+def test_eval_runs_the_checkpoint_in_onnx_runtime_by_default_with_torch_s_figures(
+        tiny_zoo, pet_cases, tmp_path):
+    """`scanside eval` exports the checkpoint to a temporary ONNX file and runs it in ONNX
+    Runtime (several times faster on a CPU); `--backend torch` runs the reference, and
+    every figure agrees."""
+    from edge.cli import main
+    from models.backend import open_checkpoint
+
+    checkpoint = tiny_zoo / "PT" / "model.pt"
+    with open_checkpoint(checkpoint) as onnx, TorchBackend(checkpoint) as reference:
+        assert onnx.name == "onnxruntime" and onnx.spec == reference.spec
+        batch = np.random.default_rng(0).normal(
+            size=(2, onnx.spec.channels, onnx.spec.size, onnx.spec.size)).astype(np.float32)
+        for ours, theirs in zip(onnx.run(batch), reference.run(batch), strict=True):
+            np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    figures = {}
+    for backend in ("onnxruntime", "torch"):
+        out = tmp_path / backend
+        assert main(["eval", "--data", str(pet_cases[0].parent), "--model", str(checkpoint),
+                     "--out", str(out), "--backend", backend]) == 0
+        figures[backend] = json.loads((out / "eval.json").read_text())["PT"]
+    ours, theirs = figures["onnxruntime"], figures["torch"]
+    assert ours["lesions"] == theirs["lesions"] > 0
+    assert abs(ours.pop("dice") - theirs.pop("dice")) < 1e-4
+    assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)
