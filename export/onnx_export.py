@@ -24,6 +24,7 @@ import torch
 
 from edge.backends.onnxruntime import SPEC_KEY
 from edge.errors import ModelError
+from edge.inference.spec import ModelSpec
 from models.checkpoint import load_checkpoint
 from models.network import Probabilities
 
@@ -40,20 +41,8 @@ def sha256(path: Path) -> str:
 def export_onnx(checkpoint: Path, out: Path, max_batch: int = 64) -> Path:
     """Write the FP32 ONNX model for a checkpoint; returns `out`."""
     loaded = load_checkpoint(checkpoint)
-    model = Probabilities(loaded.build()).eval()
     spec = loaded.spec
-    example = torch.zeros(2, spec.channels, spec.size, spec.size)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    # The exporter warns, once per process, that torchvision's detection operators cannot be
-    # registered without torchvision; the network uses none of them.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=FutureWarning)
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
-                                    input_names=[INPUT], output_names=list(OUTPUTS),
-                                    dynamic_shapes={"x": {0: batch}}, optimize=True,
-                                    verbose=False)
-    proto = program.model_proto
+    proto = network_onnx(Probabilities(loaded.build()).eval(), spec, max_batch)
     _set_metadata(proto, {
         SPEC_KEY: spec.to_json(),
         "scanside.network": json.dumps(loaded.network.to_dict()),
@@ -65,6 +54,23 @@ def export_onnx(checkpoint: Path, out: Path, max_batch: int = 64) -> Path:
     })
     proto.producer_name, proto.doc_string = "scanside", f"{spec.name} {spec.version}"
     return _save_checked(proto, out)
+
+
+def network_onnx(model: Probabilities, spec: ModelSpec, max_batch: int = 64) -> onnx.ModelProto:
+    """`model` as torch's exporter writes it, with a dynamic batch dimension and no
+    metadata: what `export_onnx` saves, and what training runs its reviews in."""
+    example = torch.zeros(2, spec.channels, spec.size, spec.size)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    # The exporter warns, once per process, that torchvision's detection operators cannot be
+    # registered without torchvision; the network uses none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=FutureWarning)
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=[INPUT], output_names=list(OUTPUTS),
+                                    dynamic_shapes={"x": {0: batch}}, optimize=True,
+                                    verbose=False)
+    return program.model_proto
 
 
 def convert_fp16(source: Path, out: Path) -> Path:

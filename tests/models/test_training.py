@@ -17,6 +17,7 @@ from models.checkpoint import load_checkpoint
 from models.data import DicomCase, lesion_voxels, prepare
 from models.network import TINY, DetectionNet, NetworkConfig
 from models.train import (
+    ONNX_RUNTIME_FROM_SLICES,
     STEM_WEIGHTS,
     StemLayout,
     TrainConfig,
@@ -27,6 +28,7 @@ from models.train import (
     train,
     transfer_encoder,
     validate,
+    whole_case_inference,
 )
 from tests.factories import TINY_PET
 
@@ -42,7 +44,7 @@ def test_a_tiny_model_overfits_a_few_slices(pet_cases):
     tumour = masks.flatten(1).amax(dim=1, keepdim=True)
     net = DetectionNet(TINY)
     optimizer = torch.optim.Adam(net.parameters(), 1e-2)
-    dice_before = validate(net, [data], "cpu")["val_dice"]
+    dice_before = validate(whole_case_inference(net, TINY_PET, "cpu", 6), [data])["val_dice"]
     losses = []
     for _ in range(150):
         net.train()
@@ -52,7 +54,8 @@ def test_a_tiny_model_overfits_a_few_slices(pet_cases):
         optimizer.step()
         losses.append(loss.item())
     assert np.mean(losses[-10:]) < 0.4 * np.mean(losses[:10])
-    assert validate(net, [data], "cpu")["val_dice"] > max(0.6, dice_before + 0.3)
+    assert validate(whole_case_inference(net, TINY_PET, "cpu", 6), [data])["val_dice"] > \
+        max(0.6, dice_before + 0.3)
 
 
 def test_transfer_copies_exactly_the_encoder_weights():
@@ -153,10 +156,13 @@ def test_training_writes_checkpoints_and_resumes_where_it_stopped(pet_cases, tmp
         [h["train_loss"] for h in first.history]
 
 
-def test_false_spots_are_where_the_network_marks_a_lesion_that_is_not_there(pet_cases):
+@pytest.mark.parametrize("slices", [10, ONNX_RUNTIME_FROM_SLICES])
+def test_false_spots_are_where_the_network_marks_a_lesion_that_is_not_there(pet_cases,
+                                                                            slices):
     """A network that marks every pixel has one false spot on each slice (all but the
     lesions and their margins is one region) and finds every lesion; one that marks none
-    has none and misses them all."""
+    has none and misses them all; in torch, and in ONNX Runtime, where a long pass on a
+    CPU runs."""
     case = prepare(DicomCase(pet_cases[0]), TINY_PET)
     lesions = [(c, voxels) for c in (0, 1) for voxels in lesion_voxels(case.masks)]
     assert lesions
@@ -164,10 +170,13 @@ def test_false_spots_are_where_the_network_marks_a_lesion_that_is_not_there(pet_
     with torch.no_grad():
         net.segment.weight.zero_()
         net.segment.bias.fill_(20.0)
-        everywhere, found = review(net, [case, case], "cpu", margin_px=1, lesions=lesions,
-                                   batch=5)
+    run = whole_case_inference(net, TINY_PET, "cpu", slices)
+    assert run.__name__ == ("onnxruntime" if slices >= ONNX_RUNTIME_FROM_SLICES else "in_torch")
+    everywhere, found = review(run, [case, case], margin_px=1, lesions=lesions, batch=5)
+    with torch.no_grad():
         net.segment.bias.fill_(-20.0)
-        nowhere, missed = review(net, [case, case], "cpu", margin_px=1, lesions=lesions)
+    nowhere, missed = review(whole_case_inference(net, TINY_PET, "cpu", slices),
+                             [case, case], margin_px=1, lesions=lesions)
     assert len(everywhere) == 2 * len(case.images) and nowhere == []
     assert len(found) == len(missed) == len(lesions)
     assert min(found) > 0.99 and max(missed) < 0.01
