@@ -62,8 +62,11 @@ def network_onnx(model: Probabilities, spec: ModelSpec, max_batch: int = 64) -> 
     example = torch.zeros(2, spec.channels, spec.size, spec.size)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     # The exporter warns, once per process, that torchvision's detection operators cannot be
-    # registered without torchvision; the network uses none of them.
+    # registered without torchvision (the network uses none of them), and its optimiser logs
+    # each pass at INFO, which a training run's log would otherwise carry every epoch.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    for optimiser in ("onnxscript", "onnx_ir"):
+        logging.getLogger(optimiser).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET,
