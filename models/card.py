@@ -136,8 +136,8 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         first, second = data["averaged"]["models"]
         share = data["averaged"]["weight"]
         fine_tuned += (f"\n- Averaged (`scanside average`): {1 - share:g} x `{first}` + "
-                       f"{share:g} x `{second}`, weight by weight; the data, seed, epochs "
-                       "and curves here are the first model's.")
+                       f"{share:g} x `{second}`, weight by weight; the data and seed here "
+                       "are the first model's.")
     groups = "".join(
         f"\n{heading}\n" + "".join(
             f"\n- {w}: {g['series']} series, {g['lesions']} lesions; sensitivity "
