@@ -267,6 +267,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--bright", type=float, metavar="SHARE",
                        help="for training sets: draw this share of CT solid lesions brighter "
                             "than their organ (the rest darker); default 0.35")
+    synth.add_argument("--t1", type=float, metavar="SHARE",
+                       help="for training sets: draw this share of MR series T1-weighted (the "
+                            "rest T2); default 0.45")
     synth.add_argument("--without-lesions", action="store_true",
                        help="for calibration sets: every patient without a lesion (a quarter "
                             "are, by default), so the specificity limit rests on many")
@@ -533,14 +536,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from models.synthetic.anatomy import LesionMix
+    from models.synthetic.anatomy import TrainingMix
     from models.synthetic.series import synthesize
 
     for option, share in (("--faint", args.faint), ("--small", args.small),
-                          ("--bright", args.bright)):
+                          ("--bright", args.bright), ("--t1", args.t1)):
         if share is not None and not 0 <= share <= 1:
             raise ScansideError(f"{option} {share}: expected a share between 0 and 1")
-    mix = LesionMix(args.faint, args.small, args.bright)
+    mix = TrainingMix(args.faint, args.small, args.bright, args.t1)
     folders = synthesize(args.modality, args.cases, args.seed, args.out, args.workers,
                          args.first_case, mix, not args.without_lesions)
     print(f"wrote {len(folders)} {args.modality} series to {args.out}")

@@ -44,6 +44,7 @@ class Tissue(IntEnum):
 LESION_KINDS = ("round", "ellipsoid", "lobulated", "spiculated", "rim", "cyst")
 ORGAN_WEIGHTS = {"liver": 0.42, "lung": 0.2, "kidney": 0.14, "spleen": 0.1, "soft": 0.14}
 BRIGHT_SHARE = 0.35      # CT: solid lesions brighter than their organ (the rest darker)
+T1_SHARE = 0.45          # MR: series T1-weighted (the rest T2)
 CYST_UPTAKE = 0.6        # PET: a cystic tumour's uptake against a solid one's
 ORGAN_TISSUE = {"liver": Tissue.LIVER, "lung": Tissue.LUNG, "kidney": Tissue.KIDNEY,
                 "spleen": Tissue.SPLEEN, "soft": Tissue.SOFT}
@@ -68,20 +69,23 @@ class Lesion:
 
 
 @dataclass(frozen=True)
-class LesionMix:
-    """Which lesions a training set draws more of than `scanside synth` does by default;
-    the default draws every patient exactly as before the options existed.
+class TrainingMix:
+    """Which lesions (and MR weightings) a training set draws more of than `scanside synth`
+    does by default; the default draws every patient exactly as before the options existed.
 
     faint: the share of lesions drawn at the low end of their modality's contrast (`_faint`).
     small: the share drawn 4-10 mm across, rather than 4-40 mm.
     bright: the share drawn brighter than their organ (CT solid lesions, the only ones whose
       polarity varies), or None for BRIGHT_SHARE; the same draw decides either way, so a
       lesion drawn bright by default stays bright at any larger share.
+    t1: the share of MR series drawn T1-weighted (the rest T2), or None for T1_SHARE; the
+      same draw decides, so a series drawn T1 by default stays T1 at any larger share.
     """
 
     faint: float = 0.0
     small: float = 0.0
     bright: float | None = None
+    t1: float | None = None
 
     def recorded(self) -> dict[str, float]:
         """The options that differ from the default, as truth.json's generator notes them."""
@@ -89,7 +93,7 @@ class LesionMix:
                 if value != getattr(DEFAULT_MIX, name)}
 
 
-DEFAULT_MIX = LesionMix()
+DEFAULT_MIX = TrainingMix()
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ class Grid:
 
 
 def sample_patient(rng: np.random.Generator, n_lesions: int | None = None,
-                   mix: LesionMix = DEFAULT_MIX) -> Patient:
+                   mix: TrainingMix = DEFAULT_MIX) -> Patient:
     """Draw one patient with `n_lesions` lesions (random 0-4, a quarter without, if None),
     drawn as `mix` says."""
     a, b = rng.uniform(125, 185), rng.uniform(90, 135)
@@ -319,7 +323,7 @@ def _bowel_gas(rng, a, b, dz):
 
 
 def _lesions(rng, patient: Patient, organs, count: int,
-             mix: LesionMix) -> tuple[Lesion, ...]:
+             mix: TrainingMix) -> tuple[Lesion, ...]:
     cavity = _Shrunk(patient.trunk, 45)
     hosts = {"liver": organs["liver"], "lung": organs["lung"], "kidney": organs["kidney"],
              "spleen": organs["spleen"], "soft": cavity}

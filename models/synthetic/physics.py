@@ -14,7 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from models.synthetic.anatomy import CYST_UPTAKE, ORGAN_TISSUE, Grid, Lesion, Patient, Tissue
+from models.synthetic.anatomy import (
+    CYST_UPTAKE,
+    DEFAULT_MIX,
+    ORGAN_TISSUE,
+    T1_SHARE,
+    Grid,
+    Lesion,
+    Patient,
+    Tissue,
+    TrainingMix,
+)
 
 T = Tissue
 
@@ -34,13 +44,15 @@ class Appearance:
     waves: tuple = ()              # 3D cosine waves for texture and bias
 
 
-def sample_appearance(modality: str, rng: np.random.Generator) -> Appearance:
+def sample_appearance(modality: str, rng: np.random.Generator,
+                      mix: TrainingMix = DEFAULT_MIX) -> Appearance:
+    """`mix.t1`: the share of MR series drawn T1-weighted (default T1_SHARE)."""
     waves = tuple((rng.normal(size=3) * rng.uniform(0.01, 0.05), rng.uniform(0, 2 * np.pi))
                   for _ in range(6))
     if modality == "CT":
         return _ct(rng, waves)
     if modality == "MR":
-        return _mr(rng, waves)
+        return _mr(rng, waves, T1_SHARE if mix.t1 is None else mix.t1)
     if modality == "PT":
         return _pet(rng, waves)
     raise ValueError(f"modality {modality!r}: expected CT, MR or PT")
@@ -69,8 +81,8 @@ def _ct(rng, waves) -> Appearance:
                       contrast_agent=CT_CONTRAST_AGENT if enhanced else "")
 
 
-def _mr(rng, waves) -> Appearance:
-    weighting = "T1" if rng.random() < 0.45 else "T2"
+def _mr(rng, waves, t1_share: float) -> Appearance:
+    weighting = "T1" if rng.random() < t1_share else "T2"
     fatsat = rng.random() < 0.4
     if weighting == "T1":
         tissue = {T.AIR: 0, T.FAT: 0.15 if fatsat else 1.0, T.MUSCLE: 0.35, T.SOFT: 0.38,

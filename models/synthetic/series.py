@@ -30,7 +30,7 @@ from tqdm import tqdm
 from edge.errors import ScansideError
 from edge.values import Patient as PatientIds
 from models.pool import process_pool
-from models.synthetic.anatomy import DEFAULT_MIX, Lesion, LesionMix, Patient, sample_patient
+from models.synthetic.anatomy import DEFAULT_MIX, Lesion, Patient, TrainingMix, sample_patient
 from models.synthetic.dicom import (
     MRSequence,
     SeriesIdentity,
@@ -102,11 +102,11 @@ def sample_protocol(modality: str, rng: np.random.Generator) -> Protocol:
 
 
 def synthesize(modality: str, cases: int, seed: int, out: Path, workers: int = 1,
-               first_case: int = 0, mix: LesionMix = DEFAULT_MIX,
+               first_case: int = 0, mix: TrainingMix = DEFAULT_MIX,
                lesions: bool = True) -> list[Path]:
     """Write `cases` series; case k uses the random stream (seed, k) whoever runs it.
-    `mix`: for training sets, more of the lesions a network finds hard (`LesionMix`); the
-    default draws exactly as before.
+    `mix`: for training sets, more of the lesions (and MR weightings) a network finds hard
+    (`TrainingMix`); the default draws exactly as before.
     `lesions=False` draws every patient without a lesion (a quarter are, by default), for
     calibration sets whose specificity limit should rest on many such series.
     ScansideError, before anything is written, when a series' folder already holds files:
@@ -142,11 +142,11 @@ def series_folder(out: Path, modality: str, seed: int, index: int) -> Path:
 
 
 def write_case(modality: str, seed: int, index: int, out: Path,
-               mix: LesionMix = DEFAULT_MIX, lesions: bool = True) -> Path:
+               mix: TrainingMix = DEFAULT_MIX, lesions: bool = True) -> Path:
     """Draw, render and write one series; returns its folder."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, _code(modality)]))
     patient = sample_patient(rng, None if lesions else 0, mix)
-    appearance = sample_appearance(modality, rng)
+    appearance = sample_appearance(modality, rng, mix)
     protocol = sample_protocol(modality, rng)
     folder = series_folder(out, modality, seed, index)
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,7 @@ def _name(protocol: Protocol, plane: DicomPlane, modality: str, rng) -> str:
 
 
 def _write_truth(folder: Path, identity: SeriesIdentity, lesions: list[Lesion], protocol: Protocol,
-                 appearance: Appearance, seed: int, index: int, mix: LesionMix,
+                 appearance: Appearance, seed: int, index: int, mix: TrainingMix,
                  without_lesions: bool = False) -> None:
     truth = {
         "series_uid": identity.series_uid,

@@ -15,7 +15,7 @@ from edge.inference.preprocess import suv_factor
 from edge.ingest.reader import read_file
 from edge.series.geometry import analyse_geometry
 from models.data import DicomCase
-from models.synthetic.anatomy import ORGAN_TISSUE, LesionMix, sample_patient
+from models.synthetic.anatomy import ORGAN_TISSUE, TrainingMix, sample_patient
 from models.synthetic.anatomy import Tissue as T
 from models.synthetic.physics import lesion_values, sample_appearance
 
@@ -136,10 +136,10 @@ def test_faint_lesions_stand_1_2_to_2_times_above_their_organ_in_pet_and_none_el
     ratios, kinds = [], set()
     for case in range(40):
         plain = sample_patient(np.random.default_rng(case)).lesions
-        same = sample_patient(np.random.default_rng(case), mix=LesionMix(faint=0.0)).lesions
+        same = sample_patient(np.random.default_rng(case), mix=TrainingMix(faint=0.0)).lesions
         assert [(a.volume_mm3, a.uptake) for a in plain] == [(b.volume_mm3, b.uptake) for b in same]
         rng = np.random.default_rng(case)
-        patient, pet = sample_patient(rng, mix=LesionMix(faint=1.0)), sample_appearance("PT", rng)
+        patient, pet = sample_patient(rng, mix=TrainingMix(faint=1.0)), sample_appearance("PT", rng)
         for lesion in patient.lesions:
             organ = max(pet.tissue[ORGAN_TISSUE[lesion.organ]], 1.5)
             ratios.append(lesion_values(lesion, pet)[0] / organ)
@@ -153,7 +153,7 @@ def test_small_lesions_are_4_to_10_mm_across_and_without_the_option_nothing_chan
     """`synth --small` for training sets: the uniform 4-40 mm draw puts about one lesion in
     five under 10 mm (sphere-equivalent diameter), the size CT misses most."""
     def diameters(**option) -> list[float]:
-        drawn = [sample_patient(np.random.default_rng(case), mix=LesionMix(**option))
+        drawn = [sample_patient(np.random.default_rng(case), mix=TrainingMix(**option))
                  for case in range(40)]
         return [lesion.diameter_mm for patient in drawn for lesion in patient.lesions]
 
@@ -170,12 +170,12 @@ def test_a_series_drawn_with_a_lesion_mix_says_so_in_truth(tmp_path):
     default is not recorded."""
     from models.synthetic.series import write_case
 
-    folder = write_case("PT", 2, 2, tmp_path / "small", LesionMix(small=1.0))
+    folder = write_case("PT", 2, 2, tmp_path / "small", TrainingMix(small=1.0))
     truth = json.loads((folder / "truth.json").read_text())
     assert truth["generator"]["small"] == 1.0 and truth["lesions"]
     assert "faint" not in truth["generator"] and "bright" not in truth["generator"]
     assert all(lesion["diameter_mm"] < 11 for lesion in truth["lesions"])
-    folder = write_case("PT", 2, 2, tmp_path / "bright", LesionMix(bright=0.8))
+    folder = write_case("PT", 2, 2, tmp_path / "bright", TrainingMix(bright=0.8))
     generator = json.loads((folder / "truth.json").read_text())["generator"]
     assert generator["bright"] == 0.8 and "small" not in generator
 
@@ -186,7 +186,7 @@ def test_bright_sets_the_share_of_ct_solid_lesions_brighter_than_their_organ():
     an enhancing vessel; the option draws more of them, and nothing but their sign
     changes: the same random draw decides it at any share."""
     def drawn(bright):
-        return [sample_patient(np.random.default_rng(case), mix=LesionMix(bright=bright))
+        return [sample_patient(np.random.default_rng(case), mix=TrainingMix(bright=bright))
                 for case in range(60)]
 
     plain, every, none, most = drawn(None), drawn(1.0), drawn(0.0), drawn(0.8)
@@ -207,7 +207,7 @@ def test_bright_sets_the_share_of_ct_solid_lesions_brighter_than_their_organ():
             assert lesion_values(lesion, ct)[0] >= ct.tissue[ORGAN_TISSUE[lesion.organ]] + 30
 
 
-@pytest.mark.parametrize("option", ["--faint", "--small", "--bright"])
+@pytest.mark.parametrize("option", ["--faint", "--small", "--bright", "--t1"])
 def test_synth_refuses_a_share_outside_0_to_1(tmp_path, capsys, option):
     from edge.cli import main
 
@@ -228,6 +228,22 @@ def test_mr_tissues_vary_between_patients_about_their_weighting_s_values():
     t1 = [a for a in draws if a.weighting == "T1"]
     brighter = np.mean([a.tissue[T.LIVER] > a.tissue[T.SPLEEN] for a in t1])
     assert brighter > 0.95
+
+
+def test_t1_sets_the_share_of_mr_series_drawn_t1_weighted():
+    """`synth --t1` for training sets: by default about 45 % of MR series are T1-weighted;
+    the option draws more (or fewer), deciding on the same random draw, so a series drawn T1
+    by default stays T1 at any larger share."""
+    def weightings(t1):
+        return np.array([sample_appearance("MR", np.random.default_rng(seed),
+                                           TrainingMix(t1=t1)).weighting == "T1"
+                         for seed in range(200)])
+
+    default, most, every, none = weightings(None), weightings(0.8), weightings(1.0), weightings(0)
+    assert 0.35 < default.mean() < 0.55 and 0.7 < most.mean() < 0.9
+    assert every.all() and not none.any()
+    assert (most >= default).all()
+    assert (weightings(0.45) == default).all()
 
 
 def test_an_enhanced_ct_series_records_its_contrast_agent_and_a_plain_one_none(tmp_path):
