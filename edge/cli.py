@@ -192,6 +192,11 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--specificity-se", type=float, default=1.0,
                            help="standard errors below the specificity measured that its "
                                 "lower bound lies (Wilson score); 0 compares the figure itself")
+    calibrate.add_argument("--mirror", action=argparse.BooleanOptionalAction,
+                           help="infer each slice and its left-right mirror and average the "
+                                "two (twice the network's cost), calibrated so and written "
+                                "into the model; --no-mirror turns it off (default: as the "
+                                "model has it)")
     _backend_option(calibrate)
     calibrate.set_defaults(handler=_calibrate)
 
@@ -408,11 +413,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     _needs_torch("calibrate")
+    from dataclasses import replace
+
     from models.backend import open_checkpoint
     from models.calibrate import calibrate
 
     folders = _truth_series(args.data)
     with open_checkpoint(args.model, args.backend) as backend:
+        if args.mirror is not None:
+            backend.spec = replace(backend.spec, mirror=args.mirror)
         report = calibrate(folders, args.model, args.out, backend, args.max_fp,
                            args.min_specificity, args.specificity_se)
     print(json.dumps(report["chosen"], indent=2))

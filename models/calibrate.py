@@ -260,12 +260,13 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
                          detection_probability=best["detection_probability"],
                          min_volume_mm3=best["min_volume_mm3"],
                          lesion_score=best["lesion_score"], slice_head=best["slice_head"])
-    loaded.spec = replace(loaded.spec, thresholds=thresholds, training_data={
-        **loaded.spec.training_data, "calibration": {
-            "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),
-            "max_fp_per_scan": max_fp, "min_specificity": min_specificity,
-            "specificity_se": specificity_se,
-            "classifier_folds": FOLDS, "chosen": best}})
+    calibration = {
+        "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),
+        "max_fp_per_scan": max_fp, "min_specificity": min_specificity,
+        "specificity_se": specificity_se, "classifier_folds": FOLDS, "chosen": best}
+    loaded.spec = replace(loaded.spec, thresholds=thresholds, mirror=backend.spec.mirror,
+                          training_data={**loaded.spec.training_data,
+                                         "calibration": calibration})
     save_checkpoint(out, loaded, slim=True)
     report = {"chosen": best, "lesion_classifier": classifier and asdict(classifier),
               "classifier_folds": FOLDS, "points": rows}

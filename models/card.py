@@ -99,10 +99,12 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     best = max(history, key=lambda h: h.get("val_dice", 0.0))
     data = spec.training_data
     cpu = machine()["cpu"]
+    inputs = ("one slice (two network inputs: the slice and its mirror)" if spec.mirror
+              else "one network input")
     latency, fastest, slowest = slice_latency_ms(folder / "model.onnx", rounds=LATENCY_ROUNDS,
                                                  pause_s=LATENCY_PAUSE_S)
     cost = textwrap.fill(
-        f"- Per-slice cost: {latency:.1f} ms median for one network input, ONNX Runtime FP32 "
+        f"- Per-slice cost: {latency:.1f} ms median for {inputs}, ONNX Runtime FP32 "
         f"on 2 threads of {cpu}, measured when this card was written ({LATENCY_ROUNDS} rounds "
         f"{LATENCY_PAUSE_S:g} s apart; their medians ran from {fastest:.1f} to {slowest:.1f} "
         "ms). Whole-slice figures (reading and preprocessing included) are in BENCHMARKS.md.",
@@ -167,6 +169,9 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     if intensity.weighting:
         details += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
                     "and repetition times")
+    mirror = ("\n- Each slice is inferred as it is and mirrored left to right, the mirror's maps "
+              "mirrored\n  back and the two averaged (`scanside calibrate --mirror`)."
+              if spec.mirror else "")
     found = "".join(_found_line(evaluation, key) for key in ("kind", "organ", "polarity"))
     return f"""# scanside {modality} model
 
@@ -181,7 +186,7 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
   {gflops_per_slice(network, spec.size):.2f} GFLOP per network input.
 - Input: {spec.channels} x {spec.size} x {spec.size}, each slice resampled to {spec.spacing_mm} mm
   pixels{context};
-  intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{details}).
+  intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{details}).{mirror}
 - Thresholds, chosen by `scanside calibrate` on a calibration set used for nothing else:
   a lesion is reported when {scoring} reaches
   {thresholds.detection_probability}

@@ -36,11 +36,17 @@ class Backend(ABC):
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, C, H, W) float32 -> (lesion probability (N, 1, H, W), tumour probability
-        (N, 1)), both float32 and finite. BackendError when the runtime fails (out of
-        memory, a CUDA fault, an input the model does not take) or gives NaN or infinity,
-        so that the series is reported failed, never negative, and the appliance goes on."""
+        (N, 1)), both float32 and finite; with `spec.mirror`, the mean of the batch's and
+        its left-right mirror's (the mirror's lesion maps mirrored back). BackendError
+        when the runtime fails (out of memory, a CUDA fault, an input the model does not
+        take) or gives NaN or infinity, so that the series is reported failed, never
+        negative, and the appliance goes on."""
         try:
             lesion, tumour = self.run(batch)
+            if self.spec.mirror:
+                flipped, flipped_tumour = self.run(np.ascontiguousarray(batch[..., ::-1]))
+                lesion = (lesion + flipped[..., ::-1]) / 2
+                tumour = (tumour + flipped_tumour) / 2
         except ScansideError:
             raise
         except Exception as error:  # each runtime raises its own types

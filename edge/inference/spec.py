@@ -114,6 +114,10 @@ class ModelSpec:
     # 2.5D: the network also sees this many neighbouring slices on each side
     # (`edge.inference.preprocess.with_neighbours` says how they are stacked)
     context_slices: int = 0
+    # The network also sees each input mirrored left to right, and its maps are the mean
+    # of the two (the mirror's mirrored back): twice the cost, a steadier probability.
+    # Set by `scanside calibrate --mirror`, since the thresholds are chosen on its maps.
+    mirror: bool = False
 
     @property
     def slices(self) -> int:

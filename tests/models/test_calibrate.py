@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
+from edge.backends.onnxruntime import OnnxRuntimeBackend
 from edge.inference.series import SeriesPrediction
 from edge.inference.spec import LESION_FEATURES
 from edge.series.geometry import SeriesGeometry
+from export.onnx_export import export_onnx
 from models.calibrate import (
     DETECTION,
     PIXEL,
@@ -192,3 +195,41 @@ def test_the_command_takes_series_folders_or_folders_of_them_and_names_a_bad_one
                       "--out", str(tmp_path / "2.pt"))
     assert f"{tmp_path / 'nowhere'}: no such folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_calibrating_with_the_mirror_writes_it_into_the_model_and_its_onnx_export(
+        tiny_zoo, pet_cases, tmp_path):
+    source = tiny_zoo / "PT" / "model.pt"
+    mirrored = tmp_path / "mirrored.pt"
+    scanside("calibrate", "--mirror", "--data", *map(str, pet_cases), "--model", str(source),
+             "--out", str(mirrored), "--backend", "torch")
+    assert load_checkpoint(mirrored).spec.mirror
+    assert not load_checkpoint(source).spec.mirror
+    with OnnxRuntimeBackend(export_onnx(mirrored, tmp_path / "mirrored.onnx")) as backend:
+        assert backend.spec.mirror
+    with TorchBackend(mirrored) as backend:
+        plain = calibrate(pet_cases, mirrored, tmp_path / "plain.pt", replace_spec(
+            backend, mirror=False))
+    assert not load_checkpoint(tmp_path / "plain.pt").spec.mirror
+    assert plain["chosen"]
+
+
+def replace_spec(backend, **changes):
+    backend.spec = replace(backend.spec, **changes)
+    return backend
+
+
+def test_the_mirror_averages_each_slice_with_its_mirror_image(tiny_zoo):
+    batch = np.random.default_rng(3).random((2, 1, 32, 32), dtype=np.float32) * 2
+    with OnnxRuntimeBackend(tiny_zoo / "PT" / "model.onnx") as backend:
+        lesion, tumour = backend.infer(batch)
+        lesion_of_mirror, _ = backend.infer(batch[..., ::-1])
+        assert not np.allclose(lesion_of_mirror, lesion[..., ::-1], atol=1e-4)  # a real test
+        replace_spec(backend, mirror=True)
+        averaged, averaged_tumour = backend.infer(batch)
+        mirror_averaged, mirror_tumour = backend.infer(batch[..., ::-1])
+    assert averaged.dtype == np.float32 and averaged.shape == lesion.shape
+    np.testing.assert_allclose(averaged, (lesion + lesion_of_mirror[..., ::-1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(mirror_averaged, averaged[..., ::-1], atol=1e-6)
+    np.testing.assert_allclose(mirror_tumour, averaged_tumour, atol=1e-6)
+    assert not np.allclose(averaged_tumour, tumour, atol=1e-6)
