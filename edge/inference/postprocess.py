@@ -18,9 +18,10 @@ the held-out CT set, whose head is weak, the mean did with 0.88.
 
 Under `lesion_score = "classifier"` a lesion's probability is instead a logistic
 regression (fitted by `scanside calibrate`) over its measures (`LESION_FEATURES`): its
-pixel probabilities, size and slices, the slice head over them, and how much the network
-input inside it stands out from a ring around it, which is why each slice prediction
-keeps its input's first channel.
+pixel probabilities, size and slices, the slice head over them, how much the network
+input inside it stands out from a ring around it, and whether that goes on past its end
+slices as a vessel's does, which is why each slice prediction keeps its input's first
+channel.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from edge.values import Finding, SlicePrediction
 MAX_OUTLINE_POINTS = 96
 NEIGHBOURS = np.ones((3, 3, 3), bool)   # voxels touching by a face, edge or corner join
 RING = 3                # pixels around a candidate whose input its contrast is measured against
+BEYOND_MM = 5.0         # how far past a candidate's end slices its persistence is looked for
 
 
 def find_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: float,
@@ -135,7 +137,29 @@ def _measures(component: np.ndarray, box: tuple[slice, ...], probabilities: np.n
     return measures | {"image_mean": float(within.mean()), "image_max": float(within.max()),
                        "contrast": contrast, "contrast_sd": contrast / (spread + 1e-3),
                        "abs_contrast": abs(contrast),
-                       "abs_contrast_sd": abs(contrast) / (spread + 1e-3)}
+                       "abs_contrast_sd": abs(contrast) / (spread + 1e-3),
+                       "persistence": _persistence(component, box, images, slice_spacing_mm,
+                                                   float(around.mean()) if around.size
+                                                   else float(within.mean()), contrast)}
+
+
+def _persistence(component: np.ndarray, box: tuple[slice, ...], images: np.ndarray,
+                 slice_spacing_mm: float, ring_mean: float, contrast: float) -> float:
+    """How much of a candidate's contrast goes on past its ends: over the footprint of
+    each end slice, the network input BEYOND_MM further on, less the ring's, as a fraction
+    of the candidate's own contrast (clipped to -1..2), averaged over the ends the series
+    reaches. A lesion ends (near 0); a vessel seen along its length goes on (near 1). 0
+    when no end has a slice beyond it or the candidate does not stand out at all."""
+    if abs(contrast) < 1e-3:
+        return 0.0
+    step = max(1, round(BEYOND_MM / slice_spacing_mm))
+    rows, columns = box[1], box[2]
+    fractions = []
+    for end, beyond in ((0, box[0].start - step), (-1, box[0].stop - 1 + step)):
+        if 0 <= beyond < len(images):
+            under = images[beyond, rows, columns][component[end]].astype(np.float32) / 255.0
+            fractions.append(np.clip((under.mean() - ring_mean) / contrast, -1.0, 2.0))
+    return float(np.mean(fractions)) if fractions else 0.0
 
 
 def _finding(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,

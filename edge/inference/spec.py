@@ -35,6 +35,8 @@ LESION_FEATURES = (
     "contrast_sd",       # that difference in standard deviations of the ring
     "abs_contrast",      # the size of the difference, darker or brighter (MR lesions are
     "abs_contrast_sd",   # darker than their organ in T1, brighter in T2)
+    "persistence",       # how much of its contrast goes on ~5 mm past its end slices, as
+                         # a fraction (a lesion ends: near 0; a vessel goes on: near 1)
 )
 
 

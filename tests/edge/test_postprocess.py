@@ -211,6 +211,22 @@ def test_a_round_candidate_is_as_deep_as_wide_and_the_same_voxels_in_thinner_sli
     assert round_one["log_depth_ratio"] - flat_one["log_depth_ratio"] == pytest.approx(np.log(4))
 
 
+def test_a_lesion_ends_where_its_candidate_does_and_a_vessel_goes_on_past_it():
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    lesion = predictions(headers, [((15, 15, 20.0), 6.0, 0.9)],
+                         bright=[((15, 15, 20.0), 6.0, 200)])
+    # a bright tube along the slices, marked by the network over slices 7-23 only
+    segment = [((-10, 5, z), 4.0, 0.9) for z in range(10, 21)]
+    vessel = predictions(headers, segment, bright=[((-10, 5, z), 4.0, 200) for z in range(30)])
+    ((_, ends),) = candidate_lesions(lesion, 1.0, SPEC)
+    ((finding, goes_on),) = candidate_lesions(vessel, 1.0, SPEC)
+    assert finding.slices == (7, 23)
+    assert ends["persistence"] == pytest.approx(0.0, abs=0.1)
+    assert goes_on["persistence"] == pytest.approx(1.0, abs=0.1)
+    ((_, thin),) = candidate_lesions(lesion, 0.5, SPEC)       # 5 mm is 10 slices of 0.5
+    assert thin["persistence"] == pytest.approx(0.0, abs=0.1)
+
+
 def test_the_classifier_without_the_network_input_is_an_error_not_a_silent_score():
     headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
     with pytest.raises(ValueError, match="network input"):
