@@ -69,6 +69,7 @@ say "${train[*]}"
 
 calibrate=(scanside calibrate --data "$DATA/calib-$modality" --model "$run/model.pt"
            --out "$run/model.calibrated.pt")
+[ "$modality" = MR ] && calibrate+=(--mirror)       # the shipped MR model infers so
 commands+=("${calibrate[*]}")
 say "${calibrate[*]}"
 "${calibrate[@]}"
