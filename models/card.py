@@ -121,9 +121,12 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     if pixels == "classifier":
         features = spec.lesion_classifier.features
         depth = "depth against width, " if "log_depth_ratio" in features else ""
+        persists = (",\n  and whether that contrast goes on past its end slices"
+                    if "persistence" in features else "")
         scoring = ("its probability (the lesion classifier's,\n  a logistic regression "
                    f"over {len(features)} measures of the candidate: "
-                   f"pixel probabilities, size,\n  {depth}slice head and image contrast)")
+                   f"pixel probabilities, size,\n  {depth}slice head and image contrast"
+                   f"{persists})")
     elif thresholds.slice_head:
         scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
                    "slice head's over its slices)")
