@@ -29,6 +29,7 @@ def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch", "torch CUDA"), n_sli
     from edge.backends.select import choose, open_backend, probe
     from edge.inference.postprocess import lesions_on_slice
     from edge.inference.preprocess import held, image_u8, neighbours, preprocess, with_neighbours
+    from edge.inference.spec import ModelSpec
     from edge.ingest.reader import read_file
     from edge.values import SlicePrediction
     from export.onnx_export import metadata
@@ -36,12 +37,11 @@ def run(zoo: Path = DEFAULT_ZOO, backends=("auto", "torch", "torch CUDA"), n_sli
 
     zoo_dir = Path(zoo) / "CT"
     meta = metadata(zoo_dir / "model.onnx")
-    declared = json.loads(meta["scanside.spec"])
-    mirror = declared.get("mirror", False)      # two network inputs a slice
+    declared = ModelSpec.from_json(meta["scanside.spec"])
     report: dict = {"slices": n_slices, "threads": threads, "matrix": [512, 512],
-                    "mirror": mirror, "gflops_per_slice": round(gflops_per_slice(
+                    "mirror": declared.mirror, "gflops_per_slice": round(gflops_per_slice(
                         NetworkConfig(**json.loads(meta["scanside.network"])),
-                        declared["size"]) * (1 + mirror), 3),
+                        declared.size) * declared.network_runs, 3),
                     "target_median_ms": 60, "backends": {}}
     with tempfile.TemporaryDirectory(prefix="scanside-bench-") as folder:
         paths = write_ct_series(Path(folder), n_slices)

@@ -119,9 +119,8 @@ def run(modality: str = "CT", zoo: Path = DEFAULT_ZOO, batch_sizes=(1, 4, 8), th
         "modality": modality,
         "model": {"onnx_sha256": hashlib.sha256((zoo_dir / "model.onnx").read_bytes())
                   .hexdigest(), "input": [spec.channels, spec.size, spec.size],
-                  "mirror": spec.mirror,      # each slice inferred with its mirror: 2 inputs
-                  "gflops_per_slice": round(gflops_per_slice(network, spec.size)
-                                            * (1 + spec.mirror), 3),
+                  "mirror": spec.mirror, "gflops_per_slice": round(
+                      gflops_per_slice(network, spec.size) * spec.network_runs, 3),
                   "network": network.to_dict()},
         "threads": threads, "warmup": warmup,
         "latency": results,

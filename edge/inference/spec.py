@@ -122,6 +122,11 @@ class ModelSpec:
     mirror: bool = False
 
     @property
+    def network_runs(self) -> int:
+        """Network inputs a slice costs: 2 with the mirror."""
+        return 1 + self.mirror
+
+    @property
     def slices(self) -> int:
         """Slices in one network input: the slice itself and its neighbours."""
         return 1 + 2 * self.context_slices
