@@ -4,11 +4,13 @@ The network's probability maps are computed once per series; lesions are then ex
 again for every pixel threshold (the probability above which a pixel belongs to a
 lesion), detection threshold (on a lesion's probability), minimum volume and way of
 scoring a lesion (its pixels' peak or mean, each alone or capped by the slice head, or a
-lesion classifier), and scored as `scanside eval` scores them. The chosen
-point is the one with the best lesion sensitivity (>= 10 mm first, then all) among those
-within the false-positive and specificity limits; if none is, the most sensitive one with
-at most one false positive per scan (a usual CAD operating point); if none is, the one
-with the fewest false positives. It is written into a copy of the checkpoint.
+lesion classifier), and, under the classifier, a lower companion threshold for further
+findings in a series the detection threshold calls positive; then scored as `scanside
+eval` scores them. The chosen point is the one with the best lesion sensitivity (>= 10 mm
+first, then all) among those within the false-positive and specificity limits; if none
+is, the most sensitive one with at most one false positive per scan (a usual CAD
+operating point); if none is, the one with the fewest false positives. It is written
+into a copy of the checkpoint.
 The calibration set must be neither the training nor the held-out set.
 
 A point meets the specificity limit when its specificity's lower bound does, one standard
@@ -46,7 +48,7 @@ from scipy import optimize, special, stats
 from tqdm import tqdm
 
 from edge.backends.base import Backend
-from edge.inference.postprocess import candidate_lesions, find_lesions
+from edge.inference.postprocess import candidate_lesions, find_lesions, reported
 from edge.inference.series import SeriesPrediction, predict, slice_spacing_mm
 from edge.inference.spec import LESION_FEATURES, LESION_SCORES, LesionClassifier, ModelSpec
 from edge.values import Finding
@@ -63,6 +65,10 @@ DETECTION = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0
              0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.997, 0.998, 0.999, 0.9995, 0.9998,
              0.9999)
 VOLUME_MM3 = (5.0, 15.0, 30.0, 60.0, 120.0)
+# Beside a finding at the detection threshold, further findings may be reported from one of
+# these (below it); the series call stays the detection threshold's, so only false
+# positives per scan pay for them.
+COMPANION = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 # A lesion the network marks only faintly (its pixels at 0.2-0.5) is no candidate at all
 # at 0.5; below it, the lesion classifier must tell such marks from faint false spots.
 # On a tie the first threshold wins.
@@ -90,18 +96,20 @@ def score(runs: list[tuple[list[Finding], dict]]) -> dict:
 
 
 def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3,
-          classifiers: Sequence[LesionClassifier] | None = None) -> list[dict]:
+          classifiers: Sequence[LesionClassifier] | None = None,
+          companions=COMPANION) -> list[dict]:
     """Every point's metrics. The components and their measures depend only on the pixel
     threshold, a lesion's probability only on how it is scored, so each series' lesions
     are found once per way of scoring, at the loosest limits, and every detection
-    threshold and minimum volume then keeps those that pass it. `classifiers`, one per
+    threshold, companion threshold (under "classifier" only, whose scores rank findings)
+    and minimum volume then keeps those that pass it. `classifiers`, one per
     run, scores each run's lesions under "classifier" (cross-fitting); by default the
     spec's own classifier scores them all."""
     rows = []
     for lesion_score, head in product(LESION_SCORES, (True, False)):
         if lesion_score == "classifier" and (head or spec.lesion_classifier is None):
             continue    # the slice head is one of the classifier's measures
-        loosest = replace(spec.thresholds, detection_probability=0.0,
+        loosest = replace(spec.thresholds, detection_probability=0.0, companion_probability=None,
                           min_volume_mm3=min(volumes), lesion_score=lesion_score,
                           slice_head=head)
         scorers = (classifiers if lesion_score == "classifier" and classifiers is not None
@@ -114,15 +122,16 @@ def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3,
             if lesion_score != "classifier" and not head \
                     and d < spec.thresholds.lesion_probability:
                 continue    # no lesion pixel is below the pixel threshold: same point
-            m = score([([f for f in found if f.probability >= d and f.volume_mm3 >= v], truth)
-                       for found, truth in candidates])
-            rows.append({"lesion_score": lesion_score, "slice_head": head,
-                         "detection_probability": d,
-                         "min_volume_mm3": v, **{k: m[k] for k in (
-                             "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
-                             "false_positives_per_scan", "series_specificity",
-                             "series_sensitivity")},
-                         "negative_series": len(candidates) - m["positive_series"]})
+            kept = [([f for f in found if f.volume_mm3 >= v], truth) for found, truth in candidates]
+            for c in [None] + [c for c in companions if c < d and lesion_score == "classifier"]:
+                m = score([(reported(found, d, c), truth) for found, truth in kept])
+                rows.append({"lesion_score": lesion_score, "slice_head": head,
+                             "detection_probability": d, "companion_probability": c,
+                             "min_volume_mm3": v, **{k: m[k] for k in (
+                                 "lesion_sensitivity", "lesion_sensitivity_10mm_or_more",
+                                 "false_positives_per_scan", "series_specificity",
+                                 "series_sensitivity")},
+                             "negative_series": len(candidates) - m["positive_series"]})
     return rows
 
 
@@ -168,6 +177,7 @@ def _cross_fit(candidates: list[tuple[np.ndarray, np.ndarray]], folds: int,
 def _candidates(runs, spec: ModelSpec) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per run, its candidates' measures (one row each) and whether each hits a lesion."""
     loosest = replace(spec, thresholds=replace(spec.thresholds, detection_probability=0.0,
+                                               companion_probability=None,
                                                min_volume_mm3=min(VOLUME_MM3),
                                                lesion_score="peak", slice_head=False))
     per_run = []
@@ -222,10 +232,10 @@ def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
     at most `fallback_fp` false positives per scan; or else the one with the fewest false
     positives. A point that finds no lesion at all is not an operating point, however
     specific."""
-    def most_sensitive(candidates):
-        return max(candidates, key=lambda r: (r["lesion_sensitivity_10mm_or_more"],
-                                              r["lesion_sensitivity"],
-                                              -r["false_positives_per_scan"]))
+    def most_sensitive(candidates):     # NaN (a set without such lesions) ranks as none
+        return max(candidates, key=lambda r: tuple(np.nan_to_num(
+            (r["lesion_sensitivity_10mm_or_more"], r["lesion_sensitivity"],
+             -r["false_positives_per_scan"]), nan=-1.0)))
 
     def specific(r):    # a set too small to show the limit asks for no false series
         perfect = specificity_bound({**r, "series_specificity": 1.0}, specificity_se)
@@ -258,6 +268,7 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
         loaded.spec = replace(loaded.spec, lesion_classifier=classifier)
     thresholds = replace(loaded.spec.thresholds, lesion_probability=best["pixel_threshold"],
                          detection_probability=best["detection_probability"],
+                         companion_probability=best["companion_probability"],
                          min_volume_mm3=best["min_volume_mm3"],
                          lesion_score=best["lesion_score"], slice_head=best["slice_head"])
     calibration = {

@@ -175,6 +175,10 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     mirror = ("\n- Each slice is inferred as it is and mirrored left to right, the mirror's maps "
               "mirrored\n  back and the two averaged (`scanside calibrate --mirror`)."
               if spec.mirror else "")
+    companion = ("" if thresholds.companion_probability is None else
+                 f"; in a series where one does, every other lesion from\n  "
+                 f"{thresholds.companion_probability} is reported too (the series is called "
+                 "positive by the first threshold alone)")
     found = "".join(_found_line(evaluation, key) for key in ("kind", "organ", "polarity"))
     return f"""# scanside {modality} model
 
@@ -194,7 +198,8 @@ say how well it finds the lesions `scanside synth` draws, not tumours in patient
   a lesion is reported when {scoring} reaches
   {thresholds.detection_probability}
   (pixels above {thresholds.lesion_probability} form it) and its volume is at least
-  {thresholds.min_volume_mm3:g} mm3. On the calibration set{crossed} they gave lesion sensitivity
+  {thresholds.min_volume_mm3:g} mm3{companion}.
+  On the calibration set{crossed} they gave lesion sensitivity
   {chosen} false positives per scan and series specificity
   {calibration['series_specificity']:.3f}{negatives}.
 - Files: {', '.join(f'`{n}` {s:.1f} MiB' for n, s in sizes.items())}.

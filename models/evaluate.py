@@ -135,7 +135,8 @@ def evaluate_case(folder: Path, backend: Backend, overlays: bool = False) -> Cas
         true += mask.sum()
     findings = sorted(result.findings, key=lambda f: -f.probability)
     every = replace(backend.spec, thresholds=replace(backend.spec.thresholds,
-                                                     detection_probability=0.0))
+                                                     detection_probability=0.0,
+                                                     companion_probability=None))
     candidates = find_lesions(prediction.predictions, slice_spacing_mm(prediction), every)
     scored = CaseResult(folder.name, truth["modality"], truth["lesions"], findings,
                         match(truth["lesions"], findings), result.status,

@@ -2,7 +2,8 @@
 
 Across a series: threshold, 3D connected components over the slices in anatomical order,
 drop components below the minimum volume or whose probability stays below the detection
-threshold, then measure each one (centre in DICOM patient coordinates weighted by
+threshold (or, in a series where one reaches it, below the lower companion threshold),
+then measure each one (centre in DICOM patient coordinates weighted by
 probability, volume, equivalent diameter, probability, slice range, and an outline on its
 largest slice for overlays). On one slice: the 2D components that can raise a
 provisional alert while the series is still arriving.
@@ -46,9 +47,21 @@ def find_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: float
                  spec: ModelSpec) -> list[Finding]:
     """Lesions in a series whose slice predictions are in anatomical order, largest
     probability first."""
-    found = [f for f, _ in candidate_lesions(predictions, slice_spacing_mm, spec)
-             if f.probability >= spec.thresholds.detection_probability]
+    found = reported([f for f, _ in candidate_lesions(predictions, slice_spacing_mm, spec)],
+                     spec.thresholds.detection_probability,
+                     spec.thresholds.companion_probability)
     return sorted(found, key=lambda f: -f.probability)
+
+
+def reported(candidates: Sequence[Finding], detection: float,
+             companion: float | None = None) -> list[Finding]:
+    """The candidates reported: those whose probability reaches `detection`, and, where
+    one does, those reaching `companion` beside it. The series is called positive by the
+    first alone, so its specificity stays `detection`'s; a less certain finding is worth
+    reporting in a series already called positive (lesions come several to a patient)."""
+    if companion is not None and any(f.probability >= detection for f in candidates):
+        detection = companion
+    return [f for f in candidates if f.probability >= detection]
 
 
 def candidate_lesions(predictions: Sequence[SlicePrediction], slice_spacing_mm: float,

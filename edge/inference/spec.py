@@ -76,6 +76,9 @@ MAX_CONTEXT_SLICES = 3
 class Thresholds:
     lesion_probability: float = 0.5      # a pixel belongs to a lesion above this
     detection_probability: float = 0.5   # a lesion is reported when its probability reaches this
+    # ... and, in a series holding such a lesion, from this lower probability too (None:
+    # never); the series is called positive by the first alone (calibrated)
+    companion_probability: float | None = None
     lesion_score: str = "peak"           # a lesion's probability: its pixels' "peak" or "mean"
     slice_head: bool = False             # the slice head caps a lesion's probability (calibrated)
     min_volume_mm3: float = 15.0         # smaller 3D components are dropped
@@ -181,6 +184,11 @@ class ModelSpec:
         if not 0 < self.thresholds.lesion_probability < 1:
             problems.append(f"thresholds.lesion_probability {self.thresholds.lesion_probability}"
                             ": expected between 0 and 1")
+        companion = self.thresholds.companion_probability
+        if companion is not None and not 0 <= companion <= self.thresholds.detection_probability:
+            problems.append(f"thresholds.companion_probability {companion}: expected from 0 to "
+                            "the detection probability "
+                            f"({self.thresholds.detection_probability})")
         if self.thresholds.lesion_score not in LESION_SCORES:
             problems.append(f"thresholds.lesion_score {self.thresholds.lesion_score!r}: "
                             f"expected one of {LESION_SCORES}")

@@ -122,6 +122,28 @@ def test_a_lesion_whose_peak_stays_below_the_detection_threshold_is_not_reported
     assert [round(f.probability, 2) for f in found] == [0.8]
 
 
+def test_beside_a_lesion_at_the_detection_threshold_a_less_certain_one_is_reported_too():
+    """Never alone: a series with nothing at the detection threshold stays negative."""
+    headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+    spec = replace(SPEC, thresholds=Thresholds(lesion_probability=0.5, min_volume_mm3=20,
+                                               detection_probability=0.7,
+                                               companion_probability=0.55))
+    weak, strong = ((-15, -15, 10.0), 4.0, 0.6), ((15, 15, 20.0), 4.0, 0.8)
+    found = find_lesions(predictions(headers, [weak, strong]), 1.0, spec)
+    assert [round(f.probability, 2) for f in found] == [0.8, 0.6]
+    assert find_lesions(predictions(headers, [weak]), 1.0, spec) == []
+    fainter = ((-15, -15, 10.0), 4.0, 0.52)
+    found = find_lesions(predictions(headers, [fainter, strong]), 1.0, spec)
+    assert [round(f.probability, 2) for f in found] == [0.8]
+
+
+def test_a_companion_threshold_above_the_detection_threshold_is_refused_naming_both():
+    text = replace(SPEC, thresholds=replace(SPEC.thresholds, companion_probability=0.8)).to_json()
+    with pytest.raises(ModelError, match=r"companion_probability 0.8: expected from 0 to the "
+                                         r"detection probability \(0.5\)"):
+        ModelSpec.from_json(text, "model.onnx")
+
+
 def test_under_slice_head_a_saturated_spot_the_tumour_head_doubts_takes_its_probability():
     headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
     spec = replace(SPEC, thresholds=Thresholds(lesion_probability=0.5, slice_head=True,

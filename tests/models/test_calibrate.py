@@ -14,6 +14,7 @@ from edge.inference.spec import LESION_FEATURES
 from edge.series.geometry import SeriesGeometry
 from export.onnx_export import export_onnx
 from models.calibrate import (
+    COMPANION,
     DETECTION,
     PIXEL,
     VOLUME_MM3,
@@ -27,7 +28,7 @@ from models.calibrate import (
 )
 from models.checkpoint import load_checkpoint
 from models.torch_backend import TorchBackend
-from tests.edge.test_postprocess import SPEC, predictions, series
+from tests.edge.test_postprocess import CONTRAST, SPEC, predictions, series
 from tests.factories import scanside
 
 
@@ -94,6 +95,7 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
     assert calibrated.thresholds.slice_head == chosen["slice_head"]
     assert calibrated.thresholds.lesion_probability == chosen["pixel_threshold"]
     assert calibrated.thresholds.lesion_score == chosen["lesion_score"]
+    assert calibrated.thresholds.companion_probability == chosen["companion_probability"]
     assert calibrated.training_data["calibration"]["series"] == len(pet_cases)
     points = json.loads((tmp_path / "calibrated.pt.calibration.json").read_text())["points"]
     for pixel in PIXEL:
@@ -103,7 +105,8 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
         assert [sum(p["lesion_score"] == score for p in at) for score in ("peak", "mean")] == \
             [per_score] * 2
         classified = sum(p["lesion_score"] == "classifier" for p in at)
-        assert classified in (0, len(DETECTION) * len(VOLUME_MM3))
+        with_companions = sum(1 + sum(c < d for c in COMPANION) for d in DETECTION)
+        assert classified in (0, with_companions * len(VOLUME_MM3))
     assert bool(report["lesion_classifier"]) or chosen["lesion_score"] != "classifier"
     untouched = load_checkpoint(source).spec.thresholds
     assert (untouched.detection_probability, untouched.lesion_probability) == (0.5, 0.5)
@@ -164,6 +167,34 @@ def test_a_lesion_marked_only_faintly_is_found_at_a_lower_pixel_threshold():
     assert found == {0.5: 0.0, 0.35: 0.0, 0.2: 1.0, 0.1: 1.0}
     assert choose(rows)["pixel_threshold"] == 0.2
     assert set(classifiers) == set(PIXEL)
+
+
+def test_a_companion_threshold_finds_faint_lesions_beside_sure_ones_without_false_series():
+    """Series with a lesion hold a sure one and a faint one; series without hold a spot
+    as faint. One threshold finds the faint lesions only by calling every series
+    positive; a companion threshold beside the sure lesion finds them all, none false."""
+    sure, faint = (15.0, 15.0, 20.0), (-15.0, -15.0, 10.0)
+    runs = []
+    for i in range(8):
+        headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
+        diseased = i % 2 == 0
+        maps = predictions(headers, [(faint, 4.0, 1.0)] + [(sure, 4.0, 1.0)] * diseased,
+                           bright=[(faint, 4.0, 60)] + [(sure, 4.0, 200)] * diseased)
+        geometry = SeriesGeometry(tuple(range(len(maps))), tuple(map(float, range(len(maps)))),
+                                  1.0, ())
+        lesions = [{"center_mm": sure, "diameter_mm": 8.0},
+                   {"center_mm": faint, "diameter_mm": 8.0}] if diseased else []
+        runs.append((SeriesPrediction((), tuple(maps), geometry, {}),
+                     {"series_uid": f"1.2.{i}", "modality": "CT", "lesions": lesions}))
+    spec = replace(SPEC, lesion_classifier=CONTRAST)
+    rows = [r for r in sweep(runs, spec) if r["lesion_score"] == "classifier"]
+    alone = [r for r in rows if r["companion_probability"] is None]
+    assert max(r["lesion_sensitivity"] for r in alone if r["series_specificity"] == 1.0) == 0.5
+    assert max(r["series_specificity"] for r in alone if r["lesion_sensitivity"] == 1.0) == 0.0
+    chosen = choose(rows)
+    assert chosen["companion_probability"] < chosen["detection_probability"]
+    assert (chosen["lesion_sensitivity"], chosen["false_positives_per_scan"],
+            chosen["series_specificity"]) == (1.0, 0.0, 1.0)
 
 
 def test_each_series_is_scored_by_a_classifier_that_never_saw_it():
