@@ -175,6 +175,9 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     mirror = ("\n- Each slice is inferred as it is and mirrored left to right, the mirror's maps "
               "mirrored\n  back and the two averaged (`scanside calibrate --mirror`)."
               if spec.mirror else "")
+    on_froc = ("one point of it" if thresholds.companion_probability is None else
+               "beside it, not on it: the curve applies one threshold to every series, the "
+               "point a second one in series already called positive")
     companion = ("" if thresholds.companion_probability is None else
                  f"; in a series where one does, every other lesion from\n  "
                  f"{thresholds.companion_probability} is reported too (the series is called "
@@ -229,7 +232,7 @@ A hit is a finding whose centre lies within max(5 mm, 0.75 x diameter) of the le
 {figures}
 
 FROC (`eval/froc.png`) over every candidate lesion, whatever its probability (the
-operating point above is one point of it), lesion sensitivity at a false-positive rate per
+operating point above is {on_froc}), lesion sensitivity at a false-positive rate per
 scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
 Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
 listed in `eval/eval.json` with its size, shape, organ and conspicuity.{_false_line(evaluation)}
