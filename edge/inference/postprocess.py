@@ -58,7 +58,8 @@ def reported(candidates: Sequence[Finding], detection: float,
     """The candidates reported: those whose probability reaches `detection`, and, where
     one does, those reaching `companion` beside it. The series is called positive by the
     first alone, so its specificity stays `detection`'s; a less certain finding is worth
-    reporting in a series already called positive (lesions come several to a patient)."""
+    reporting in a series already called positive (a patient with one lesion often has
+    more)."""
     if companion is not None and any(f.probability >= detection for f in candidates):
         detection = companion
     return [f for f in candidates if f.probability >= detection]
