@@ -123,7 +123,8 @@ def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3,
                     and d < spec.thresholds.lesion_probability:
                 continue    # no lesion pixel is below the pixel threshold: same point
             kept = [([f for f in found if f.volume_mm3 >= v], truth) for found, truth in candidates]
-            for c in [None] + [c for c in companions if c < d and lesion_score == "classifier"]:
+            lower = [c for c in companions if c < d] if lesion_score == "classifier" else []
+            for c in [None] + lower:
                 m = score([(reported(found, d, c), truth) for found, truth in kept])
                 rows.append({"lesion_score": lesion_score, "slice_head": head,
                              "detection_probability": d, "companion_probability": c,

@@ -112,21 +112,28 @@ def test_calibration_writes_the_chosen_thresholds_into_a_copy_of_the_model(tiny_
     assert (untouched.detection_probability, untouched.lesion_probability) == (0.5, 0.5)
 
 
+def run(i, spheres, bright, lesions):
+    """Series i with each (centre, radius, probability) sphere painted into its maps and
+    each (centre, radius, value) sphere into its image, and its truth: a lesion 8 mm
+    across at each centre in `lesions`."""
+    maps = predictions(series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0)), spheres, bright=bright)
+    geometry = SeriesGeometry(tuple(range(len(maps))), tuple(map(float, range(len(maps)))),
+                              1.0, ())
+    truth = {"series_uid": f"1.2.{i}", "modality": "CT",
+             "lesions": [{"center_mm": centre, "diameter_mm": 8.0} for centre in lesions]}
+    return SeriesPrediction((), tuple(maps), geometry, {}), truth
+
+
 def spot_and_lesion_runs():
     """Eight series, each with a saturated false spot; the even ones also have a saturated
     lesion that stands out in the image."""
     lesion, spot = (15.0, 15.0, 20.0), (-15.0, -15.0, 10.0)
     runs = []
     for i in range(8):
-        headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
         diseased = i % 2 == 0
-        maps = predictions(headers, [(spot, 4.0, 1.0)] + [(lesion, 4.0, 1.0)] * diseased,
-                           bright=[(lesion, 4.0, 120 + 20 * i)] if diseased else [(spot, 1, 50)])
-        geometry = SeriesGeometry(tuple(range(len(maps))), tuple(map(float, range(len(maps)))),
-                                  1.0, ())
-        truth = {"series_uid": f"1.2.{i}", "modality": "CT",
-                 "lesions": [{"center_mm": lesion, "diameter_mm": 8.0}] * diseased}
-        runs.append((SeriesPrediction((), tuple(maps), geometry, {}), truth))
+        runs.append(run(i, [(spot, 4.0, 1.0)] + [(lesion, 4.0, 1.0)] * diseased,
+                        [(lesion, 4.0, 120 + 20 * i)] if diseased else [(spot, 1, 50)],
+                        [lesion] * diseased))
     return runs
 
 
@@ -152,15 +159,7 @@ def test_a_lesion_marked_only_faintly_is_found_at_a_lower_pixel_threshold():
     """Lesions whose pixels the network puts at 0.3 form no candidate at 0.5 or 0.35;
     at 0.2 they do, and calibration chooses it over 0.1, which finds the same."""
     lesion = (15.0, 15.0, 20.0)
-    runs = []
-    for i in range(4):
-        headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
-        maps = predictions(headers, [(lesion, 4.0, 0.3)], bright=[(lesion, 4.0, 150)])
-        geometry = SeriesGeometry(tuple(range(len(maps))), tuple(map(float, range(len(maps)))),
-                                  1.0, ())
-        truth = {"series_uid": f"1.2.{i}", "modality": "CT",
-                 "lesions": [{"center_mm": lesion, "diameter_mm": 8.0}]}
-        runs.append((SeriesPrediction((), tuple(maps), geometry, {}), truth))
+    runs = [run(i, [(lesion, 4.0, 0.3)], [(lesion, 4.0, 150)], [lesion]) for i in range(4)]
     rows, classifiers = sweep_pixels(runs, SPEC)
     found = {pixel: max(r["lesion_sensitivity"] for r in rows if r["pixel_threshold"] == pixel)
              for pixel in PIXEL}
@@ -176,16 +175,10 @@ def test_a_companion_threshold_finds_faint_lesions_beside_sure_ones_without_fals
     sure, faint = (15.0, 15.0, 20.0), (-15.0, -15.0, 10.0)
     runs = []
     for i in range(8):
-        headers = series((1, 0, 0, 0, 1, 0), (-31.5, -31.5, 0.0))
         diseased = i % 2 == 0
-        maps = predictions(headers, [(faint, 4.0, 1.0)] + [(sure, 4.0, 1.0)] * diseased,
-                           bright=[(faint, 4.0, 60)] + [(sure, 4.0, 200)] * diseased)
-        geometry = SeriesGeometry(tuple(range(len(maps))), tuple(map(float, range(len(maps)))),
-                                  1.0, ())
-        lesions = [{"center_mm": sure, "diameter_mm": 8.0},
-                   {"center_mm": faint, "diameter_mm": 8.0}] if diseased else []
-        runs.append((SeriesPrediction((), tuple(maps), geometry, {}),
-                     {"series_uid": f"1.2.{i}", "modality": "CT", "lesions": lesions}))
+        runs.append(run(i, [(faint, 4.0, 1.0)] + [(sure, 4.0, 1.0)] * diseased,
+                        [(faint, 4.0, 60)] + [(sure, 4.0, 200)] * diseased,
+                        [sure, faint] * diseased))
     spec = replace(SPEC, lesion_classifier=CONTRAST)
     rows = [r for r in sweep(runs, spec) if r["lesion_score"] == "classifier"]
     alone = [r for r in rows if r["companion_probability"] is None]
