@@ -197,11 +197,6 @@ def _parser() -> argparse.ArgumentParser:
                                 "two (twice the network's cost), calibrated so and written "
                                 "into the model; --no-mirror turns it off (default: as the "
                                 "model has it)")
-    calibrate.add_argument("--companion-only", action="store_true",
-                           help="keep the model's operating point (thresholds, minimum volume, "
-                                "lesion classifier) and choose only a companion threshold beside "
-                                "it: it reports every finding the model does and calls each "
-                                "series as it does; run it on the model's own calibration set")
     _backend_option(calibrate)
     calibrate.set_defaults(handler=_calibrate)
 
@@ -423,15 +418,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     from models.backend import open_checkpoint
     from models.calibrate import calibrate
 
-    if args.companion_only and args.mirror is not None:
-        raise ScansideError("--companion-only keeps the model's operating point; --mirror would "
-                            "change it (calibrate in full to change the mirror)")
     folders = _truth_series(args.data)
     with open_checkpoint(args.model, args.backend) as backend:
         if args.mirror is not None:
             backend.spec = replace(backend.spec, mirror=args.mirror)
         report = calibrate(folders, args.model, args.out, backend, args.max_fp,
-                           args.min_specificity, args.specificity_se, args.companion_only)
+                           args.min_specificity, args.specificity_se)
     print(json.dumps(report["chosen"], indent=2))
     print(f"calibrated model: {args.out}")
     return 0

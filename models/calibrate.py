@@ -6,12 +6,11 @@ lesion), detection threshold (on a lesion's probability), minimum volume and way
 scoring a lesion (its pixels' peak or mean, each alone or capped by the slice head, or a
 lesion classifier), and, under the classifier, a lower companion threshold for further
 findings in a series the detection threshold calls positive; then scored as `scanside
-eval` scores them (with `--companion-only`, the model's own operating point is kept and
-only a companion threshold is chosen beside it). The chosen point is the one with the
-best lesion sensitivity (>= 10 mm first, then all) among those within the false-positive
-and specificity limits; if none is, the most sensitive one with at most one false
-positive per scan (a usual CAD operating point); if none is, the one with the fewest
-false positives. It is written into a copy of the checkpoint.
+eval` scores them. The chosen point is the one with the best lesion sensitivity (>= 10 mm
+first, then all) among those within the false-positive and specificity limits; if none
+is, the most sensitive one with at most one false positive per scan (a usual CAD
+operating point); if none is, the one with the fewest false positives. It is written
+into a copy of the checkpoint.
 The calibration set must be neither the training nor the held-out set.
 
 A point meets the specificity limit when its specificity's lower bound does, one standard
@@ -49,7 +48,6 @@ from scipy import optimize, special, stats
 from tqdm import tqdm
 
 from edge.backends.base import Backend
-from edge.errors import ModelError
 from edge.inference.postprocess import candidate_lesions, find_lesions, reported
 from edge.inference.series import SeriesPrediction, predict, slice_spacing_mm
 from edge.inference.spec import LESION_FEATURES, LESION_SCORES, LesionClassifier, ModelSpec
@@ -99,16 +97,16 @@ def score(runs: list[tuple[list[Finding], dict]]) -> dict:
 
 def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3,
           classifiers: Sequence[LesionClassifier] | None = None,
-          companions=COMPANION, lesion_scores=LESION_SCORES) -> list[dict]:
+          companions=COMPANION) -> list[dict]:
     """Every point's metrics. The components and their measures depend only on the pixel
     threshold, a lesion's probability only on how it is scored, so each series' lesions
     are found once per way of scoring, at the loosest limits, and every detection
     threshold, companion threshold (under "classifier" only, whose scores rank findings)
     and minimum volume then keeps those that pass it. `classifiers`, one per
     run, scores each run's lesions under "classifier" (cross-fitting); by default the
-    spec's own classifier scores them all. `lesion_scores` names the ways to try."""
+    spec's own classifier scores them all."""
     rows = []
-    for lesion_score, head in product(lesion_scores, (True, False)):
+    for lesion_score, head in product(LESION_SCORES, (True, False)):
         if lesion_score == "classifier" and (head or spec.lesion_classifier is None):
             continue    # the slice head is one of the classifier's measures
         loosest = replace(spec.thresholds, detection_probability=0.0, companion_probability=None,
@@ -257,44 +255,13 @@ def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
                                     -r["lesion_sensitivity"]))
 
 
-def companion_sweep(runs, spec: ModelSpec) -> list[dict]:
-    """The model's own operating point (pixel and detection thresholds, minimum volume,
-    lesion classifier) with no companion threshold and with each of `COMPANION` below its
-    detection threshold; the classifier's scores cross-fitted on `runs`, as when the model
-    was calibrated, so run it on the model's own calibration set. Every point reports what
-    the model reports and calls each series as it does: a companion can only find more
-    lesions, at the cost of false positives per scan. The model must score lesions by its
-    classifier (`scored_by_classifier`)."""
-    thresholds = spec.thresholds
-    crossed = [own or spec.lesion_classifier for own in cross_fitted_classifiers(runs, spec)]
-    rows = sweep(runs, spec, (thresholds.detection_probability,), (thresholds.min_volume_mm3,),
-                 crossed, lesion_scores=("classifier",))
-    return [{"pixel_threshold": thresholds.lesion_probability, **row} for row in rows]
-
-
-def scored_by_classifier(checkpoint: Path, spec: ModelSpec) -> None:
-    """Raise ModelError unless the model scores lesions by its lesion classifier, whose
-    scores alone rank findings for a companion threshold."""
-    if spec.thresholds.lesion_score != "classifier" or spec.lesion_classifier is None:
-        raise ModelError(f"{checkpoint}: a companion threshold needs lesions scored by the "
-                         f"lesion classifier; this model scores them by "
-                         f"{spec.thresholds.lesion_score!r} (calibrate it in full first)")
-
-
 def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Backend,
               max_fp: float = 0.4, min_specificity: float = 0.9,
-              specificity_se: float = SPECIFICITY_SE, companion_only: bool = False) -> dict:
+              specificity_se: float = SPECIFICITY_SE) -> dict:
     """Sweep, choose, and write `out`: the checkpoint with the chosen thresholds, plus
-    `<out>.calibration.json` with every point tried. `companion_only` keeps the model's
-    operating point and chooses only a companion threshold beside it (`companion_sweep`)."""
-    if companion_only:
-        scored_by_classifier(checkpoint, backend.spec)
+    `<out>.calibration.json` with every point tried."""
     runs = predictions(folders, backend)
-    if companion_only:
-        rows = companion_sweep(runs, backend.spec)
-        classifiers = {backend.spec.thresholds.lesion_probability: backend.spec.lesion_classifier}
-    else:
-        rows, classifiers = sweep_pixels(runs, backend.spec)
+    rows, classifiers = sweep_pixels(runs, backend.spec)
     best = choose(rows, max_fp, min_specificity, specificity_se=specificity_se)
     classifier = classifiers[best["pixel_threshold"]]
     loaded = load_checkpoint(checkpoint)
@@ -308,13 +275,12 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
     calibration = {
         "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),
         "max_fp_per_scan": max_fp, "min_specificity": min_specificity,
-        "specificity_se": specificity_se, "classifier_folds": FOLDS,
-        "companion_only": companion_only, "chosen": best}
+        "specificity_se": specificity_se, "classifier_folds": FOLDS, "chosen": best}
     loaded.spec = replace(loaded.spec, thresholds=thresholds, mirror=backend.spec.mirror,
                           training_data={**loaded.spec.training_data,
                                          "calibration": calibration})
     save_checkpoint(out, loaded, slim=True)
     report = {"chosen": best, "lesion_classifier": classifier and asdict(classifier),
-              "classifier_folds": FOLDS, "companion_only": companion_only, "points": rows}
+              "classifier_folds": FOLDS, "points": rows}
     out.with_name(out.name + ".calibration.json").write_text(json.dumps(report, indent=2))
     return report

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,14 +20,13 @@ from models.calibrate import (
     VOLUME_MM3,
     calibrate,
     choose,
-    companion_sweep,
     cross_fitted_classifiers,
     fit_classifier,
     specificity_bound,
     sweep,
     sweep_pixels,
 )
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import load_checkpoint
 from models.torch_backend import TorchBackend
 from tests.edge.test_postprocess import CONTRAST, SPEC, predictions, series
 from tests.factories import scanside
@@ -169,9 +168,10 @@ def test_a_lesion_marked_only_faintly_is_found_at_a_lower_pixel_threshold():
     assert set(classifiers) == set(PIXEL)
 
 
-def sure_and_faint_runs():
-    """Eight series: the even ones hold a sure lesion and a faint one, the odd ones a
-    spot as faint as the faint lesions, which their scores cannot tell apart."""
+def test_a_companion_threshold_finds_faint_lesions_beside_sure_ones_without_false_series():
+    """Series with a lesion hold a sure one and a faint one; series without hold a spot
+    as faint. One threshold finds the faint lesions only by calling every series
+    positive; a companion threshold beside the sure lesion finds them all, none false."""
     sure, faint = (15.0, 15.0, 20.0), (-15.0, -15.0, 10.0)
     runs = []
     for i in range(8):
@@ -179,13 +179,6 @@ def sure_and_faint_runs():
         runs.append(run(i, [(faint, 4.0, 1.0)] + [(sure, 4.0, 1.0)] * diseased,
                         [(faint, 4.0, 60)] + [(sure, 4.0, 200)] * diseased,
                         [sure, faint] * diseased))
-    return runs
-
-
-def test_a_companion_threshold_finds_faint_lesions_beside_sure_ones_without_false_series():
-    """One threshold finds the faint lesions only by calling every series positive; a
-    companion threshold beside the sure lesion finds them all, none false."""
-    runs = sure_and_faint_runs()
     spec = replace(SPEC, lesion_classifier=CONTRAST)
     rows = [r for r in sweep(runs, spec) if r["lesion_score"] == "classifier"]
     alone = [r for r in rows if r["companion_probability"] is None]
@@ -195,68 +188,6 @@ def test_a_companion_threshold_finds_faint_lesions_beside_sure_ones_without_fals
     assert chosen["companion_probability"] < chosen["detection_probability"]
     assert (chosen["lesion_sensitivity"], chosen["false_positives_per_scan"],
             chosen["series_specificity"]) == (1.0, 0.0, 1.0)
-
-
-def test_companion_only_keeps_the_models_point_and_adds_the_faint_lesions_beside_it():
-    """The model's point (the most sensitive single threshold that calls no healthy
-    series positive) stays; only the companion threshold is chosen, and every point
-    tried calls each series as the model does."""
-    runs = sure_and_faint_runs()
-    fitted = replace(SPEC, lesion_classifier=fit_classifier(runs, SPEC))
-    crossed = cross_fitted_classifiers(runs, SPEC)
-    plain = choose([r for r in sweep(runs, fitted, classifiers=crossed, companions=())
-                    if r["lesion_score"] == "classifier"])
-    assert (plain["lesion_sensitivity"], plain["series_specificity"]) == (0.5, 1.0)
-    model = replace(fitted, thresholds=replace(
-        SPEC.thresholds, lesion_score="classifier", min_volume_mm3=plain["min_volume_mm3"],
-        detection_probability=plain["detection_probability"]))
-    rows = companion_sweep(runs, model)
-    assert len(rows) == 1 + sum(c < plain["detection_probability"] for c in COMPANION)
-    for r in rows:
-        assert (r["pixel_threshold"], r["detection_probability"], r["min_volume_mm3"],
-                r["lesion_score"]) == (0.5, plain["detection_probability"],
-                                       plain["min_volume_mm3"], "classifier")
-        assert r["series_specificity"] == plain["series_specificity"]
-        assert r["series_sensitivity"] == plain["series_sensitivity"]
-        assert r["lesion_sensitivity"] >= plain["lesion_sensitivity"]
-    chosen = choose(rows)
-    assert chosen["companion_probability"] is not None
-    assert (chosen["lesion_sensitivity"], chosen["false_positives_per_scan"],
-            chosen["series_specificity"]) == (1.0, 0.0, 1.0)
-
-
-def test_companion_only_calibration_writes_the_companion_and_nothing_else(
-        tiny_zoo, pet_cases, tmp_path):
-    checkpoint = load_checkpoint(tiny_zoo / "PT" / "model.pt")
-    checkpoint.spec = replace(checkpoint.spec, lesion_classifier=CONTRAST, thresholds=replace(
-        checkpoint.spec.thresholds, lesion_score="classifier", detection_probability=0.9,
-        min_volume_mm3=30.0))
-    source = save_checkpoint(tmp_path / "classified.pt", checkpoint, slim=True)
-    with TorchBackend(source) as backend:
-        report = calibrate(pet_cases, source, tmp_path / "companion.pt", backend,
-                           companion_only=True)
-    written = load_checkpoint(tmp_path / "companion.pt").spec
-    assert written.lesion_classifier == CONTRAST
-    assert report["lesion_classifier"] == asdict(CONTRAST)
-    assert replace(written.thresholds, companion_probability=None) == checkpoint.spec.thresholds
-    assert written.thresholds.companion_probability == report["chosen"]["companion_probability"]
-    assert written.training_data["calibration"]["companion_only"]
-    assert {(p["detection_probability"], p["min_volume_mm3"]) for p in report["points"]} == \
-        {(0.9, 30.0)}
-
-
-def test_companion_only_refuses_a_model_not_scored_by_its_classifier_or_a_new_mirror(
-        tiny_zoo, pet_cases, tmp_path):
-    source = tiny_zoo / "PT" / "model.pt"       # scored by its pixels' peak
-    result = scanside("calibrate", "--companion-only", "--data", str(pet_cases[0].parent),
-                      "--model", str(source), "--out", str(tmp_path / "out.pt"))
-    assert result.returncode == 2 and not (tmp_path / "out.pt").exists()
-    assert f"{source}: a companion threshold needs lesions scored by the lesion classifier; " \
-           "this model scores them by 'peak'" in result.stderr
-    result = scanside("calibrate", "--companion-only", "--mirror", "--data",
-                      str(pet_cases[0].parent), "--model", str(source),
-                      "--out", str(tmp_path / "out.pt"))
-    assert result.returncode == 2 and "--mirror would change it" in result.stderr
 
 
 def test_each_series_is_scored_by_a_classifier_that_never_saw_it():
