@@ -21,7 +21,11 @@ network saw, and sensitivity is reported per band of it (`CONSPICUITY_SD`); its 
 says whether the lesion is brighter or darker than its surroundings, and lesions found are
 counted per polarity too (a network may learn one better than the other). Where the truth
 names each lesion's kind and organ (synthetic series do), lesions found are counted per
-kind and per organ as well. Every missed lesion and every false positive (its case,
+kind and per organ as well. Lesions are also counted by whether the network made a
+candidate of them at all (pixels above the pixel threshold, the minimum volume met,
+whatever the lesion score): a lesion with no candidate is the network's miss, which no
+threshold or lesion classifier can recover; one with a candidate but not found was scored
+below the operating point. Every missed lesion and every false positive (its case,
 centre, size, probability and slices) is listed, and with `--overlays` drawn on its
 slice (`review_overlays`), for review against the images.
 """
@@ -255,6 +259,7 @@ def lesion_metrics(cases: Sequence[CaseResult]) -> dict:
         "by_kind": _found_by(cases, lambda c, i: c.truth[i].get("kind")),
         "by_organ": _found_by(cases, lambda c, i: c.truth[i].get("organ")),
         "by_polarity": _found_by(cases, _polarity),
+        "by_candidate": _found_by(cases, _candidate),
     }
 
 
@@ -305,7 +310,8 @@ def metrics(cases: Sequence[CaseResult]) -> dict:
         **lesion_metrics(cases), **series_metrics(cases),
         "dice": 2 * inter / (pred + true) if pred + true else 1.0,
         "failed_series": [c.name for c in cases if c.status == "failed"],
-        "missed": [{"case": c.name, **lesion, "conspicuity_sd": _conspicuity(c, i)}
+        "missed": [{"case": c.name, **lesion, "conspicuity_sd": _conspicuity(c, i),
+                    "candidate": _candidate(c, i)}
                    for c in cases for i, lesion in enumerate(c.truth)
                    if i not in c.matches],
         "false_positives": [{"case": c.name, **f.to_json(), "series_has_lesions": bool(c.truth)}
@@ -338,6 +344,15 @@ def _polarity(case: CaseResult, i: int) -> str | None:
     """"brighter" or "darker" than its surroundings in the network input, where measured."""
     value = _measured(case, i)
     return None if math.isnan(value) else "brighter" if value > 0 else "darker"
+
+
+def _candidate(case: CaseResult, i: int) -> str | None:
+    """"a candidate" where one of the series' candidate lesions hits lesion i, "no
+    candidate" where none does; None where the candidates were not kept."""
+    if case.candidates is None:
+        return None
+    hit = set(match(case.truth, case.candidates))
+    return "a candidate" if i in hit else "no candidate"
 
 
 def _conspicuity(case: CaseResult, i: int) -> float | None:
@@ -374,11 +389,12 @@ class Report:
         rows += ["| " + " | ".join([modality] + [f"{b['sensitivity']:.3f} ({b['lesions']})"
                                                  for b in m["by_conspicuity"].values()]) + " |"
                  for modality, m in sorted(self.by_modality.items())]
-        for key in ("kind", "organ", "polarity"):
+        for key, caption in (("kind", "kind"), ("organ", "organ"), ("polarity", "polarity"),
+                             ("candidate", "whether the network made a candidate of them")):
             found = [(modality, name, k) for modality, m in sorted(self.by_modality.items())
                      for name, k in m.get(f"by_{key}", {}).items()]
             if found:
-                rows += ["", f"Lesions found by {key}:", "",
+                rows += ["", f"Lesions found by {caption}:", "",
                          f"| modality | {key} | found | found >= 10 mm |", "|---|---|---|---|"]
                 rows += [f"| {modality} | {name} | {k['found']} of {k['lesions']} | "
                          f"{k['found_10mm_or_more']} of {k['lesions_10mm_or_more']} |"

@@ -72,7 +72,8 @@ def test_nothing_found():
     assert m["lesion_sensitivity"] == 0.0 and m["series_sensitivity"] == 0.0
     assert m["series_specificity"] == 1.0 and m["dice"] == 0.0
     assert m["series_auc"] == 0.5           # every score is 0: a coin toss
-    assert m["missed"] == [{"case": "a", **lesion(0), "conspicuity_sd": None}]   # not measured
+    assert m["missed"] == [{"case": "a", **lesion(0), "conspicuity_sd": None,   # not measured
+                            "candidate": None}]
 
 
 def test_one_false_positive_in_two_scans():
@@ -232,6 +233,23 @@ def test_sensitivity_is_reported_per_band_of_conspicuity_and_per_polarity():
     assert [x["conspicuity_sd"] for x in m["missed"]] == [1.2, -2.5, None]
     table = Report({"CT": m}).table()
     assert "below 2 SD" in table and "| CT | darker | 0 of 1 | 0 of 1 |" in table
+
+
+def test_missed_lesions_are_told_apart_by_whether_the_network_made_a_candidate_of_them():
+    found, scored_low, unmarked = lesion(0), lesion(100, 8.0), lesion(200, 12.0)
+    candidates = [finding(0), finding(100, probability=0.1), finding(400, probability=0.2)]
+    scored = replace(case("a", [found, scored_low, unmarked], [finding(0)]),
+                     candidates=candidates)
+    m = metrics([scored, case("b", [lesion(0)], [])])     # b kept no candidates: left out
+    assert m["by_candidate"] == {
+        "a candidate": {"lesions": 2, "found": 1, "lesions_10mm_or_more": 1,
+                        "found_10mm_or_more": 1},
+        "no candidate": {"lesions": 1, "found": 0, "lesions_10mm_or_more": 1,
+                         "found_10mm_or_more": 0}}
+    assert [x["candidate"] for x in m["missed"]] == ["a candidate", "no candidate", None]
+    table = Report({"CT": m}).table()
+    assert "Lesions found by whether the network made a candidate of them:" in table
+    assert "| CT | no candidate | 0 of 1 | 0 of 1 |" in table
 
 
 def test_lesions_found_are_counted_per_kind_and_organ_where_the_truth_names_them():
