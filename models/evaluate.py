@@ -36,6 +36,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,11 @@ class CaseResult:
     source: str = ""                          # the folder its series folder lies in
     contrast_agent: str = ""                  # as the series' tags say; "" none recorded
     overlays: dict[str, bytes] = field(default_factory=dict)   # name -> PNG, when asked
+
+    @cached_property
+    def candidate_hits(self) -> set[int] | None:
+        """The lesions some candidate hits; None where the candidates were not kept."""
+        return None if self.candidates is None else set(match(self.truth, self.candidates))
 
     @property
     def false_positives(self) -> list[Finding]:
@@ -349,10 +355,9 @@ def _polarity(case: CaseResult, i: int) -> str | None:
 def _candidate(case: CaseResult, i: int) -> str | None:
     """"a candidate" where one of the series' candidate lesions hits lesion i, "no
     candidate" where none does; None where the candidates were not kept."""
-    if case.candidates is None:
+    if case.candidate_hits is None:
         return None
-    hit = set(match(case.truth, case.candidates))
-    return "a candidate" if i in hit else "no candidate"
+    return "a candidate" if i in case.candidate_hits else "no candidate"
 
 
 def _conspicuity(case: CaseResult, i: int) -> float | None:
