@@ -192,6 +192,10 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--specificity-se", type=float, default=1.0,
                            help="standard errors below the specificity measured that its "
                                 "lower bound lies (Wilson score); 0 compares the figure itself")
+    calibrate.add_argument("--no-companion", action="store_true",
+                           help="sweep no companion threshold: every finding must reach the "
+                                "detection threshold itself, so no series' faint findings "
+                                "hang on the one score that triggers them")
     calibrate.add_argument("--mirror", action=argparse.BooleanOptionalAction,
                            help="infer each slice and its left-right mirror and average the "
                                 "two (twice the network's cost), calibrated so and written "
@@ -416,14 +420,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from models.backend import open_checkpoint
-    from models.calibrate import calibrate
+    from models.calibrate import COMPANION, calibrate
 
     folders = _truth_series(args.data)
     with open_checkpoint(args.model, args.backend) as backend:
         if args.mirror is not None:
             backend.spec = replace(backend.spec, mirror=args.mirror)
         report = calibrate(folders, args.model, args.out, backend, args.max_fp,
-                           args.min_specificity, args.specificity_se)
+                           args.min_specificity, args.specificity_se,
+                           () if args.no_companion else COMPANION)
     print(json.dumps(report["chosen"], indent=2))
     print(f"calibrated model: {args.out}")
     return 0

@@ -136,7 +136,8 @@ def sweep(runs, spec: ModelSpec, detection=DETECTION, volumes=VOLUME_MM3,
     return rows
 
 
-def sweep_pixels(runs, spec: ModelSpec, pixels: Sequence[float] = PIXEL
+def sweep_pixels(runs, spec: ModelSpec, pixels: Sequence[float] = PIXEL,
+                 companions: Sequence[float] = COMPANION
                  ) -> tuple[list[dict], dict[float, LesionClassifier | None]]:
     """`sweep` at every pixel threshold, each row naming its `pixel_threshold`; a
     threshold's lesion classifier is fitted on its own candidates, cross-fitted for its
@@ -150,7 +151,8 @@ def sweep_pixels(runs, spec: ModelSpec, pixels: Sequence[float] = PIXEL
         # its own; the one fitted on every series scores it (in-sample, so a little kind).
         crossed = [own or classifier for own in _cross_fit(candidates, FOLDS, L2)]
         rows += [{"pixel_threshold": pixel, **row} for row in sweep(
-            runs, replace(at, lesion_classifier=classifier), classifiers=crossed)]
+            runs, replace(at, lesion_classifier=classifier), classifiers=crossed,
+            companions=companions)]
     return rows, classifiers
 
 
@@ -257,11 +259,14 @@ def choose(rows: list[dict], max_fp: float = 0.4, min_specificity: float = 0.9,
 
 def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Backend,
               max_fp: float = 0.4, min_specificity: float = 0.9,
-              specificity_se: float = SPECIFICITY_SE) -> dict:
+              specificity_se: float = SPECIFICITY_SE,
+              companions: Sequence[float] = COMPANION) -> dict:
     """Sweep, choose, and write `out`: the checkpoint with the chosen thresholds, plus
-    `<out>.calibration.json` with every point tried."""
+    `<out>.calibration.json` with every point tried. `companions=()` leaves the companion
+    threshold out: every finding must then reach the detection threshold itself, so no
+    series' findings hang on the one score that triggers them."""
     runs = predictions(folders, backend)
-    rows, classifiers = sweep_pixels(runs, backend.spec)
+    rows, classifiers = sweep_pixels(runs, backend.spec, companions=companions)
     best = choose(rows, max_fp, min_specificity, specificity_se=specificity_se)
     classifier = classifiers[best["pixel_threshold"]]
     loaded = load_checkpoint(checkpoint)
@@ -275,7 +280,8 @@ def calibrate(folders: Sequence[Path], checkpoint: Path, out: Path, backend: Bac
     calibration = {
         "series": len(folders), "sources": sorted({str(f.parent) for f in folders}),
         "max_fp_per_scan": max_fp, "min_specificity": min_specificity,
-        "specificity_se": specificity_se, "classifier_folds": FOLDS, "chosen": best}
+        "specificity_se": specificity_se, "companions": list(companions),
+        "classifier_folds": FOLDS, "chosen": best}
     loaded.spec = replace(loaded.spec, thresholds=thresholds, mirror=backend.spec.mirror,
                           training_data={**loaded.spec.training_data,
                                          "calibration": calibration})

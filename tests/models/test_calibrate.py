@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from operator import itemgetter
 
 import numpy as np
 import pytest
@@ -188,6 +189,11 @@ def test_a_companion_threshold_finds_faint_lesions_beside_sure_ones_without_fals
     assert chosen["companion_probability"] < chosen["detection_probability"]
     assert (chosen["lesion_sensitivity"], chosen["false_positives_per_scan"],
             chosen["series_specificity"]) == (1.0, 0.0, 1.0)
+    without = [r for r in sweep(runs, spec, companions=()) if r["lesion_score"] == "classifier"]
+    point = itemgetter("detection_probability", "min_volume_mm3", "lesion_sensitivity",
+                       "false_positives_per_scan", "series_specificity")
+    assert [point(r) for r in without] == [point(r) for r in alone]     # no companion rows
+    assert choose(without)["lesion_sensitivity"] == 0.5
 
 
 def test_each_series_is_scored_by_a_classifier_that_never_saw_it():
@@ -219,6 +225,19 @@ def test_the_command_takes_series_folders_or_folders_of_them_and_names_a_bad_one
                       "--out", str(tmp_path / "2.pt"))
     assert f"{tmp_path / 'nowhere'}: no such folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_no_companion_leaves_the_companion_threshold_out_of_the_sweep(tiny_zoo, pet_cases,
+                                                                     tmp_path):
+    source = tiny_zoo / "PT" / "model.pt"
+    result = scanside("calibrate", "--no-companion", "--data", *map(str, pet_cases),
+                      "--model", str(source), "--out", str(tmp_path / "alone.pt"))
+    assert result.returncode == 0, result.stderr
+    spec = load_checkpoint(tmp_path / "alone.pt").spec
+    assert spec.thresholds.companion_probability is None
+    assert spec.training_data["calibration"]["companions"] == []
+    points = json.loads((tmp_path / "alone.pt.calibration.json").read_text())["points"]
+    assert points and all(p["companion_probability"] is None for p in points)
 
 
 def test_calibrating_with_the_mirror_writes_it_into_the_model_and_its_onnx_export(
