@@ -179,14 +179,18 @@ def _persistence(component: np.ndarray, box: tuple[slice, ...], images: np.ndarr
 def _finding(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,
              predictions: Sequence[SlicePrediction], volume: float,
              probability: float) -> Finding:
+    # The centre is the probability-weighted mean of the voxels in patient coordinates.
+    # Each slice's grid maps pixels to patient coordinates affinely, so it is taken per
+    # slice from the slice's weighted mean pixel: linear in the voxels, however many.
     k, u, v = np.nonzero(component)
-    k, u, v = k + box[0].start, u + box[1].start, v + box[2].start
-    weights = probabilities[k, u, v]
-    points = np.empty((len(k), 3))
-    for s in np.unique(k):
-        on = k == s
-        points[on] = predictions[s].grid.to_patient(np.stack([u[on], v[on]], axis=1))
-    centre = (points * weights[:, None]).sum(axis=0) / weights.sum()
+    weights = probabilities[box][component]
+    on = np.unique(k)
+    mass = np.bincount(k, weights)[on]
+    mean_uv = np.stack([np.bincount(k, weights * (u + box[1].start))[on],
+                        np.bincount(k, weights * (v + box[2].start))[on]], axis=1) / mass[:, None]
+    points = np.concatenate([predictions[s + box[0].start].grid.to_patient(uv[None])
+                             for s, uv in zip(on, mean_uv, strict=True)])
+    centre = (points * mass[:, None]).sum(axis=0) / mass.sum()
     areas = component.sum(axis=(1, 2))
     key = int(np.argmax(areas)) + box[0].start
     key_mask = np.zeros(probabilities.shape[1:], bool)
@@ -196,7 +200,7 @@ def _finding(component: np.ndarray, box: tuple[slice, ...], probabilities: np.nd
         diameter_mm=float((6 * volume / np.pi) ** (1 / 3)),
         volume_mm3=volume,
         probability=probability,
-        slices=(int(k.min()), int(k.max())),
+        slices=(box[0].start + int(on[0]), box[0].start + int(on[-1])),
         key_slice=key,
         outline=outline(key_mask, predictions[key].grid),
     )
