@@ -386,9 +386,10 @@ def _backend_option(command: argparse.ArgumentParser) -> None:
     from models.backend import BACKENDS
 
     command.add_argument("--backend", choices=BACKENDS, default=BACKENDS[0],
-                         help="run the checkpoint in ONNX Runtime, exported to a temporary "
-                              "FP32 ONNX file first (default; on a CPU the network runs "
-                              "about 3.5 times faster), or in torch, the reference")
+                         help="run the checkpoint in ONNX Runtime (default; on a CPU the "
+                              "network runs about 3.5 times faster), in its own export beside "
+                              "it (model.onnx by model.pt) or else a temporary FP32 export; "
+                              "or in torch, the reference")
 
 
 def _eval(args: argparse.Namespace) -> int:

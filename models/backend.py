@@ -1,12 +1,13 @@
 """The backend `scanside eval` and `scanside calibrate` run a checkpoint in.
 
-ONNX Runtime by default: the checkpoint is exported to a temporary FP32 ONNX file (as
-`scanside export onnx` writes it; 7 s for the CT model) and run there. On 2 CPU cores
-(2026-12-05) `scanside eval` on 4 CT series of 318 slices took 19 s that way against
-34 s in torch, export and start-up (about 4 s) included, with the same figures; the
-network's share runs about 3.5 times faster. Export parity holds the two within 1e-4 of
-each other (`models/zoo/*/onnx-parity.json`). Torch stays available as the reference
-(`--backend torch`).
+ONNX Runtime by default: the checkpoint's own FP32 export when one lies beside it (the
+`model.onnx` next to a zoo `model.pt`, whose metadata names the SHA-256 of the checkpoint
+it was exported from), else an export to a temporary file, as `scanside export onnx`
+writes it (7 s for the CT model). On 2 CPU cores (2026-12-05) `scanside eval` on 4 CT
+series of 318 slices took 19 s that way against 34 s in torch, export and start-up (about
+4 s) included, with the same figures; the network's share runs about 3.5 times faster.
+Export parity holds the two within 1e-4 of each other (`models/zoo/*/onnx-parity.json`).
+Torch stays available as the reference (`--backend torch`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,23 @@ def open_checkpoint(checkpoint: Path, backend: str = "onnxruntime") -> Iterator[
     from export.onnx_export import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="scanside-eval-") as folder:
-        onnx_file = export_onnx(Path(checkpoint), Path(folder) / "model.onnx")
+        onnx_file = (own_export(Path(checkpoint))
+                     or export_onnx(Path(checkpoint), Path(folder) / "model.onnx"))
         with OnnxRuntimeBackend(onnx_file) as opened:
             yield opened
+
+
+def own_export(checkpoint: Path) -> Path | None:
+    """The FP32 ONNX file beside `checkpoint` (same name, `.onnx`) when its metadata says it
+    was exported from these very bytes; None otherwise (none there, or one from other
+    weights: a checkpoint retrained or recalibrated in place)."""
+    from export.onnx_export import metadata, sha256
+
+    beside = checkpoint.with_suffix(".onnx")
+    if not beside.is_file():
+        return None
+    written = metadata(beside)
+    if (written.get("scanside.precision") == "fp32"
+            and written.get("scanside.source_checkpoint_sha256") == sha256(checkpoint)):
+        return beside
+    return None

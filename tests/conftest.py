@@ -37,8 +37,9 @@ def tiny_zoo(pet_cases, tmp_path_factory):
     best = train(TrainConfig(modality="PT", data=tuple(pet_cases), out=root / "run",
                              network=TINY, spec=TINY_PET, epochs=1, steps_per_epoch=10,
                              batch_size=4, crop=None, workers=1))
-    save_checkpoint(root / "PT" / "model.pt", load_checkpoint(best), slim=True)
-    convert_fp16(export_onnx(best, root / "PT" / "model.onnx"), root / "PT" / "model.fp16.onnx")
+    shipped = save_checkpoint(root / "PT" / "model.pt", load_checkpoint(best), slim=True)
+    convert_fp16(export_onnx(shipped, root / "PT" / "model.onnx"),
+                 root / "PT" / "model.fp16.onnx")
     return root
 
 

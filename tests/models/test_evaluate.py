@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from edge.inference.preprocess import SliceGrid
 from edge.inference.series import SeriesPrediction
 from edge.series.geometry import SeriesGeometry
 from edge.values import Finding, Slice, SlicePrediction
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluate import (
     CaseResult,
     Report,
@@ -323,15 +326,16 @@ def test_overlays_of_pooled_sets_go_in_a_folder_per_set(tmp_path):
 
 def test_eval_runs_the_checkpoint_in_onnx_runtime_by_default_with_torch_s_figures(
         tiny_zoo, pet_cases, tmp_path):
-    """`scanside eval` exports the checkpoint to a temporary ONNX file and runs it in ONNX
-    Runtime (several times faster on a CPU); `--backend torch` runs the reference, and
-    every figure agrees."""
+    """`scanside eval` exports a checkpoint with no export beside it to a temporary ONNX
+    file and runs it in ONNX Runtime (several times faster on a CPU); `--backend torch`
+    runs the reference, and every figure agrees."""
     from edge.cli import main
     from models.backend import open_checkpoint
 
-    checkpoint = tiny_zoo / "PT" / "model.pt"
+    checkpoint = Path(shutil.copy(tiny_zoo / "PT" / "model.pt", tmp_path / "alone.pt"))
     with open_checkpoint(checkpoint) as onnx, TorchBackend(checkpoint) as reference:
         assert onnx.name == "onnxruntime" and onnx.spec == reference.spec
+        assert onnx.path.parent.name.startswith("scanside-eval-")    # a temporary export
         batch = np.random.default_rng(0).normal(
             size=(2, onnx.spec.channels, onnx.spec.size, onnx.spec.size)).astype(np.float32)
         for ours, theirs in zip(onnx.run(batch), reference.run(batch), strict=True):
@@ -346,3 +350,27 @@ def test_eval_runs_the_checkpoint_in_onnx_runtime_by_default_with_torch_s_figure
     assert ours["lesions"] == theirs["lesions"] > 0
     assert abs(ours.pop("dice") - theirs.pop("dice")) < 1e-4
     assert json.dumps(ours, sort_keys=True) == json.dumps(theirs, sort_keys=True)
+
+
+def test_a_checkpoint_runs_in_the_export_beside_it_only_when_made_from_its_bytes(tiny_zoo,
+                                                                               tmp_path):
+    """A zoo model.pt runs in its model.onnx, whose metadata names the checkpoint's SHA-256.
+    Once the checkpoint is changed in place (recalibrated), or where the file beside it is
+    the FP16 copy, a fresh FP32 export is run instead."""
+    from models.backend import open_checkpoint
+
+    entry = Path(shutil.copytree(tiny_zoo / "PT", tmp_path / "PT"))
+    with open_checkpoint(entry / "model.pt") as backend:
+        assert backend.path == entry / "model.onnx"
+    shutil.copy(entry / "model.fp16.onnx", entry / "model.onnx")
+    with open_checkpoint(entry / "model.pt") as backend:
+        assert backend.path != entry / "model.onnx"
+    shutil.copy(tiny_zoo / "PT" / "model.onnx", entry / "model.onnx")
+    checkpoint = load_checkpoint(entry / "model.pt")
+    recalibrated = replace(checkpoint.spec.thresholds, detection_probability=0.123)
+    save_checkpoint(entry / "model.pt",
+                    replace(checkpoint, spec=replace(checkpoint.spec, thresholds=recalibrated)),
+                    slim=True)
+    with open_checkpoint(entry / "model.pt") as backend:
+        assert backend.path != entry / "model.onnx"
+        assert backend.spec.thresholds.detection_probability == 0.123
