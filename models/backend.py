@@ -45,14 +45,17 @@ def open_checkpoint(checkpoint: Path, backend: str = "onnxruntime") -> Iterator[
 
 def own_export(checkpoint: Path) -> Path | None:
     """The FP32 ONNX file beside `checkpoint` (same name, `.onnx`) when its metadata says it
-    was exported from these very bytes; None otherwise (none there, or one from other
-    weights: a checkpoint retrained or recalibrated in place)."""
+    was exported from these very bytes; None otherwise (none there, one that cannot be
+    read, or one from other weights: a checkpoint retrained or recalibrated in place)."""
+    from google.protobuf.message import DecodeError
+
     from export.onnx_export import metadata, sha256
 
     beside = checkpoint.with_suffix(".onnx")
-    if not beside.is_file():
+    try:
+        written = metadata(beside)
+    except (OSError, DecodeError):
         return None
-    written = metadata(beside)
     if (written.get("scanside.precision") == "fp32"
             and written.get("scanside.source_checkpoint_sha256") == sha256(checkpoint)):
         return beside

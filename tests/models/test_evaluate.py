@@ -356,13 +356,16 @@ def test_a_checkpoint_runs_in_the_export_beside_it_only_when_made_from_its_bytes
                                                                                tmp_path):
     """A zoo model.pt runs in its model.onnx, whose metadata names the checkpoint's SHA-256.
     Once the checkpoint is changed in place (recalibrated), or where the file beside it is
-    the FP16 copy, a fresh FP32 export is run instead."""
-    from models.backend import open_checkpoint
+    the FP16 copy or cut short, a fresh FP32 export is run instead."""
+    from models.backend import open_checkpoint, own_export
 
     entry = Path(shutil.copytree(tiny_zoo / "PT", tmp_path / "PT"))
     with open_checkpoint(entry / "model.pt") as backend:
         assert backend.path == entry / "model.onnx"
     shutil.copy(entry / "model.fp16.onnx", entry / "model.onnx")
+    assert own_export(entry / "model.pt") is None
+    (entry / "model.onnx").write_bytes((tiny_zoo / "PT" / "model.onnx").read_bytes()[:100])
+    assert own_export(entry / "model.pt") is None
     with open_checkpoint(entry / "model.pt") as backend:
         assert backend.path != entry / "model.onnx"
     shutil.copy(tiny_zoo / "PT" / "model.onnx", entry / "model.onnx")
