@@ -163,7 +163,8 @@ def _protected(board: StatusBoard) -> APIRouter:
         async def stream():
             revision = -1
             while True:
-                current = await anyio.to_thread.run_sync(board.wait_for_change, revision, 15.0)
+                current = await anyio.to_thread.run_sync(board.wait_for_change, revision, 15.0,
+                                                         abandon_on_cancel=True)
                 if current != revision:
                     revision = current
                     yield {"event": "snapshot", "data": json.dumps(board.snapshot())}
