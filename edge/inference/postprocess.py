@@ -179,18 +179,14 @@ def _persistence(component: np.ndarray, box: tuple[slice, ...], images: np.ndarr
 def _finding(component: np.ndarray, box: tuple[slice, ...], probabilities: np.ndarray,
              predictions: Sequence[SlicePrediction], volume: float,
              probability: float) -> Finding:
-    # The centre is the probability-weighted mean of the voxels in patient coordinates.
-    # Each slice's grid maps pixels to patient coordinates affinely, so it is taken per
-    # slice from the slice's weighted mean pixel: linear in the voxels, however many.
-    k, u, v = np.nonzero(component)
+    k, u, v = np.nonzero(component)         # in C order: slice after slice
+    u, v = u + box[1].start, v + box[2].start
     weights = probabilities[box][component]
-    on = np.unique(k)
-    mass = np.bincount(k, weights)[on]
-    mean_uv = np.stack([np.bincount(k, weights * (u + box[1].start))[on],
-                        np.bincount(k, weights * (v + box[2].start))[on]], axis=1) / mass[:, None]
-    points = np.concatenate([predictions[s + box[0].start].grid.to_patient(uv[None])
-                             for s, uv in zip(on, mean_uv, strict=True)])
-    centre = (points * mass[:, None]).sum(axis=0) / mass.sum()
+    firsts = np.flatnonzero(np.diff(k, prepend=-1))     # where each slice's voxels begin
+    points = np.concatenate([
+        predictions[box[0].start + k[a]].grid.to_patient(np.stack([u[a:b], v[a:b]], axis=1))
+        for a, b in zip(firsts, [*firsts[1:], len(k)], strict=True)])
+    centre = (points * weights[:, None]).sum(axis=0) / weights.sum()
     areas = component.sum(axis=(1, 2))
     key = int(np.argmax(areas)) + box[0].start
     key_mask = np.zeros(probabilities.shape[1:], bool)
@@ -200,7 +196,7 @@ def _finding(component: np.ndarray, box: tuple[slice, ...], probabilities: np.nd
         diameter_mm=float((6 * volume / np.pi) ** (1 / 3)),
         volume_mm3=volume,
         probability=probability,
-        slices=(box[0].start + int(on[0]), box[0].start + int(on[-1])),
+        slices=(box[0].start + int(k[0]), box[0].start + int(k[-1])),
         key_slice=key,
         outline=outline(key_mask, predictions[key].grid),
     )
