@@ -49,7 +49,7 @@ from edge.inference.series import SeriesPrediction, predict, slice_spacing_mm, s
 from edge.values import Finding, SlicePrediction
 from edge.web.overlay import overlay_png
 from models.data import SHELL_MM, DicomCase
-from models.train import auc
+from models.validation import auc
 
 FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 CONSPICUITY_SD = (2.0, 3.0)         # bands: below 2 SD, 2-3 SD, 3 SD or more

@@ -186,7 +186,7 @@ def with_neighbours(centre: np.ndarray, others: Sequence[np.ndarray],
     """One 2.5D network input, float32: the pixel channels (the first `image_channels`) of
     the slice, then those of each neighbour in `neighbours` order, then the slice's own
     descriptive channels (an MR weighting code). The slice comes first, so a 2D model's
-    stem fits it with zero weights on the neighbours (`models.train.fit_stem`) and
+    stem fits it with zero weights on the neighbours (`models.transfer.fit_stem`) and
     `image_u8` shows it. With no neighbours, the slice's input as it is."""
     if not others:
         return centre

@@ -25,7 +25,7 @@ from models.checkpoint import load_checkpoint
 from models.data import DicomCase, prepare
 from models.network import TINY, DetectionNet
 from models.torch_backend import TorchBackend
-from models.train import STEM_WEIGHTS, StemLayout, fit_stem
+from models.transfer import STEM_WEIGHTS, StemLayout, fit_stem
 from tests.models.test_synthetic_series import read_series
 
 

@@ -16,20 +16,9 @@ from edge.inference.spec import Intensity, ModelSpec
 from models.checkpoint import load_checkpoint
 from models.data import DicomCase, lesion_voxels, prepare
 from models.network import TINY, DetectionNet, NetworkConfig
-from models.train import (
-    ONNX_RUNTIME_FROM_SLICES,
-    STEM_WEIGHTS,
-    StemLayout,
-    TrainConfig,
-    detection_loss,
-    lesion_weights,
-    review,
-    set_encoder_trainable,
-    train,
-    transfer_encoder,
-    validate,
-    whole_case_inference,
-)
+from models.train import TrainConfig, detection_loss, lesion_weights, train
+from models.transfer import STEM_WEIGHTS, StemLayout, set_encoder_trainable, transfer_encoder
+from models.validation import ONNX_RUNTIME_FROM_SLICES, review, validate, whole_case_inference
 from tests.factories import TINY_PET
 
 
