@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _appliance_commands(commands)
+    _train_command(commands)
+    _evaluation_commands(commands)
+    _export_commands(commands)
+    _synth_command(commands)
+    return parser
+
+
+def _appliance_commands(commands: argparse._SubParsersAction) -> None:
+    """The appliance and what runs beside it: play series into it, follow its alerts,
+    inspect a file, analyse series in one go."""
     run = commands.add_parser(
         "run", help="the appliance: watch the inbox, analyse slices as they land, publish",
         description="Run the appliance until SIGTERM. The options override the config.")
@@ -98,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     analyze.add_argument("--config", type=Path, help="TOML config (reader limits)")
     analyze.set_defaults(handler=_analyze)
 
+
+def _train_command(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train", help="train a detection model",
         description="Train on DICOM series with mask.npz (as `scanside synth` writes them) "
@@ -163,6 +176,9 @@ def _parser() -> argparse.ArgumentParser:
                             "at zero, so it begins as the model it starts from")
     train.set_defaults(handler=_train)
 
+
+def _evaluation_commands(commands: argparse._SubParsersAction) -> None:
+    """Judging a model on series with ground truth, choosing its operating point, mixing two."""
     evaluate = commands.add_parser(
         "eval", help="lesion- and series-level performance on series with ground truth")
     evaluate.add_argument("--data", type=Path, nargs="+", required=True,
@@ -219,6 +235,9 @@ def _parser() -> argparse.ArgumentParser:
                               "the result runs on FIRST's grid")
     average.set_defaults(handler=_average)
 
+
+def _export_commands(commands: argparse._SubParsersAction) -> None:
+    """From checkpoint to engine, each step checked for parity; and the benchmarks."""
     export = commands.add_parser("export", help="ONNX, FP16 ONNX, TensorRT engine, Triton")
     steps = export.add_subparsers(dest="step", required=True, metavar="STEP")
     step = steps.add_parser("onnx", help="checkpoint -> ONNX FP32, parity against torch "
@@ -255,6 +274,8 @@ def _parser() -> argparse.ArgumentParser:
         "bench", help="benchmark suites (ingest, backends, analysis, streaming, mqtt); "
                       "results in benchmarks/results (scanside bench --help)")
 
+
+def _synth_command(commands: argparse._SubParsersAction) -> None:
     synth = commands.add_parser(
         "synth", help="write synthetic CT, MR or PET series with ground truth",
         description="Synthetic patients scanned as DICOM series: one folder per series with "
@@ -283,7 +304,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="for calibration sets: every patient without a lesion (a quarter "
                             "are, by default), so the specificity limit rests on many")
     synth.set_defaults(handler=_synth)
-    return parser
 
 
 def _needs_torch(command: str) -> None:
