@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import load_checkpoint
+from edge.inference.spec import ModelSpec, Thresholds
+from models.checkpoint import Checkpoint, load_checkpoint
 from models.network import count_parameters, gflops_per_slice
 
 # issue 3's acceptance targets on the held-out set
@@ -78,12 +79,30 @@ def _parity_line(path: Path) -> str:
 
 
 def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str = "") -> str:
+    checkpoint = load_checkpoint(folder / "model.pt")
+    modality = checkpoint.spec.modality
+    evaluation = json.loads((folder / "eval" / "eval.json").read_text())[modality]
+    return f"""# scanside {modality} model
+
+**Trained and evaluated on synthetic studies only. Not for clinical use.** Its figures
+say how well it finds the lesions `scanside synth` draws, not tumours in patients.
+
+{_what_it_is(folder, checkpoint)}
+{_how_it_was_made(folder, checkpoint, command)}
+{_how_well_it_does(evaluation, checkpoint.spec.thresholds, heldout_seeds)}
+## Conversion parity
+
+{_parity_line(folder / 'onnx-parity.json')}
+{_parity_line(folder / 'fp16-parity.json')}
+""" + (f"\n## Known weaknesses\n\n{remarks.strip()}\n" if remarks.strip() else "")
+
+
+def _what_it_is(folder: Path, checkpoint: Checkpoint) -> str:
+    """The network, its input, its operating point as calibration chose it, its files and
+    its cost a slice, timed now on this machine."""
     from benchmarks.common import machine
 
-    checkpoint = load_checkpoint(folder / "model.pt")
     spec, network = checkpoint.spec, checkpoint.network
-    modality = spec.modality
-    evaluation = json.loads((folder / "eval" / "eval.json").read_text())[modality]
     report = json.loads((folder / "calibration.json").read_text())
     calibration, folds = report["chosen"], report.get("classifier_folds")
     chosen = (f"{calibration['lesion_sensitivity']:.3f} "
@@ -92,12 +111,6 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     counted = calibration.get("negative_series")        # recorded since commit 0ae650e
     negatives = (f" ({round(calibration['series_specificity'] * counted)} of {counted} "
                  "series without a lesion called negative)" if counted else "")
-    # history.json covers the whole run; the checkpoint's own history stops at its epoch
-    history_file = folder / "history.json"
-    history = (json.loads(history_file.read_text()) if history_file.exists()
-               else checkpoint.history)
-    best = max(history, key=lambda h: h.get("val_dice", 0.0))
-    data = spec.training_data
     cpu = machine()["cpu"]
     inputs = ("one slice (two network inputs: the slice and its mirror)" if spec.mirror
               else "one network input")
@@ -112,10 +125,58 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
     sizes = {name: (folder / name).stat().st_size / 2**20
              for name in ("model.pt", "model.onnx", "model.fp16.onnx")
              if (folder / name).exists()}
-    figures = "\n".join(
-        f"| {LABELS[k]} | {evaluation[k]:.3f} | {_met(k, evaluation[k]) if k in TARGETS else ''} |"
-        for k in LABELS)
-    missed = evaluation["missed"]
+    thresholds = spec.thresholds
+    crossed = (f" (each series scored by the classifier\n  fitted on the other {folds - 1} "
+               f"of {folds} folds of it)" if thresholds.lesion_score == "classifier" and folds
+               else "")
+    companion = ("" if thresholds.companion_probability is None else
+                 f"; in a series where one does, every other lesion from\n  "
+                 f"{thresholds.companion_probability} is reported too (the series is called "
+                 "positive by the first threshold alone)")
+    return f"""## What it is
+
+- 2D residual U-Net with attention gates on the skips and a slice-level tumour head
+  (`models/network.py`): base {network.base_channels} channels, depth {network.depth},
+  at most {network.max_channels} channels; {count_parameters(checkpoint.build()):,} parameters;
+  {gflops_per_slice(network, spec.size):.2f} GFLOP per network input.
+- Input: {spec.channels} x {spec.size} x {spec.size}, each slice resampled to {spec.spacing_mm} mm
+  pixels{_context(spec)};
+  intensity {_intensity(spec)}
+- Thresholds, chosen by `scanside calibrate` on a calibration set used for nothing else:
+  a lesion is reported when {_scoring(spec)} reaches
+  {thresholds.detection_probability}
+  (pixels above {thresholds.lesion_probability} form it) and its volume is at least
+  {thresholds.min_volume_mm3:g} mm3{companion}.
+  On the calibration set{crossed} they gave lesion sensitivity
+  {chosen} false positives per scan and series specificity
+  {calibration['series_specificity']:.3f}{negatives}.
+- Files: {', '.join(f'`{n}` {s:.1f} MiB' for n, s in sizes.items())}.
+{cost}
+"""
+
+
+def _context(spec: ModelSpec) -> str:
+    k = spec.context_slices
+    return (f" and seen with {k} neighbouring slice{'s' if k > 1 else ''} on each side "
+            "(2.5D)" if k else "")
+
+
+def _intensity(spec: ModelSpec) -> str:
+    """The intensity line's end: kind, clip, scale, windows, weighting channel, mirror."""
+    intensity = spec.intensity
+    details = f", windows {list(intensity.windows)}" if intensity.windows else ""
+    if intensity.weighting:
+        details += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
+                    "and repetition times")
+    mirror = ("\n- Each slice is inferred as it is and mirrored left to right, the mirror's maps "
+              "mirrored\n  back and the two averaged (`scanside calibrate --mirror`)."
+              if spec.mirror else "")
+    return (f"`{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{details})."
+            f"{mirror}")
+
+
+def _scoring(spec: ModelSpec) -> str:
+    """How a lesion's probability is scored, in words."""
     thresholds = spec.thresholds
     pixels = thresholds.lesion_score            # "peak", "mean" or "classifier"
     if pixels == "classifier":
@@ -123,17 +184,25 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         depth = "depth against width, " if "log_depth_ratio" in features else ""
         persists = (",\n  and whether that contrast goes on past its end slices"
                     if "persistence" in features else "")
-        scoring = ("its probability (the lesion classifier's,\n  a logistic regression "
-                   f"over {len(features)} measures of the candidate: "
-                   f"pixel probabilities, size,\n  {depth}slice head and image contrast"
-                   f"{persists})")
-    elif thresholds.slice_head:
-        scoring = (f"its probability (the lower of its {pixels} pixel\n  probability and the "
-                   "slice head's over its slices)")
-    else:
-        scoring = f"its {pixels} pixel probability"
-    crossed = (f" (each series scored by the classifier\n  fitted on the other {folds - 1} "
-               f"of {folds} folds of it)" if pixels == "classifier" and folds else "")
+        return ("its probability (the lesion classifier's,\n  a logistic regression "
+                f"over {len(features)} measures of the candidate: "
+                f"pixel probabilities, size,\n  {depth}slice head and image contrast"
+                f"{persists})")
+    if thresholds.slice_head:
+        return (f"its probability (the lower of its {pixels} pixel\n  probability and the "
+                "slice head's over its slices)")
+    return f"its {pixels} pixel probability"
+
+
+def _how_it_was_made(folder: Path, checkpoint: Checkpoint, command: str) -> str:
+    """The training command, the data and, for a fine-tune or an average, where its
+    weights came from; the epochs from history.json, which covers the whole run (the
+    checkpoint's own history stops at its epoch)."""
+    data = checkpoint.spec.training_data
+    history_file = folder / "history.json"
+    history = (json.loads(history_file.read_text()) if history_file.exists()
+               else checkpoint.history)
+    best = max(history, key=lambda h: h.get("val_dice", 0.0))
     fine_tuned = (f"\n- Fine-tuned: every weight started from `{data['fine_tuned_from']}`; the "
                   "epochs and curves below are the fine-tuning's." if "fine_tuned_from" in data
                   else "")
@@ -143,6 +212,53 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         fine_tuned += (f"\n- Averaged (`scanside average`): {1 - share:g} x `{first}` + "
                        f"{share:g} x `{second}`, weight by weight; the data and seed here "
                        "are the first model's.")
+    return f"""## How it was made
+
+```sh
+{command}
+```
+
+- Training data: {data.get('cases', '?')} synthetic series, {data.get('validation_cases', '?')}
+  of them held back for validation (split by patient); training seed
+  {data.get('seed', '?')}; data digest `{str(data.get('digest', ''))[:16]}`.{fine_tuned}
+- {len(history)} epochs; the checkpoint kept is the one with the best validation Dice,
+  {best['val_dice']:.4f} at epoch {best['epoch']}. Curves: `training.png`.
+"""
+
+
+def _how_well_it_does(evaluation: dict, thresholds: Thresholds,
+                      heldout_seeds: Sequence[int]) -> str:
+    """The held-out figures against the targets, the FROC, and the breakdowns the
+    evaluation recorded (conspicuity, kind, organ, polarity, weighting, contrast, set)."""
+    figures = "\n".join(
+        f"| {LABELS[k]} | {evaluation[k]:.3f} | {_met(k, evaluation[k]) if k in TARGETS else ''} |"
+        for k in LABELS)
+    on_froc = ("one point of it" if thresholds.companion_probability is None else
+               "beside it, not on it: the curve applies one threshold to every series, the "
+               "point a second one in series already called positive")
+    found = "".join(_found_line(evaluation, key) for key in ("kind", "organ", "polarity"))
+    return f"""## How well it does
+
+On {evaluation['series']} held-out synthetic series ({evaluation['positive_series']} with
+lesions; {evaluation['lesions']} lesions, {evaluation['lesions_10mm_or_more']} of them
+>= 10 mm) generated with {_seeds(heldout_seeds)}, which no training or calibration set used.
+A hit is a finding whose centre lies within max(5 mm, 0.75 x diameter) of the lesion's.
+
+| figure | value | target (issue 3) |
+|---|---|---|
+{figures}
+
+FROC (`eval/froc.png`) over every candidate lesion, whatever its probability (the
+operating point above is {on_froc}), lesion sensitivity at a false-positive rate per
+scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
+Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(evaluation['missed'])}, each
+listed in `eval/eval.json` with its size, shape, organ and conspicuity.{_false_line(evaluation)}
+{_conspicuity_line(evaluation)}{found}{_groups(evaluation)}"""
+
+
+def _groups(evaluation: dict) -> str:
+    """Figures by MR weighting and by contrast agent where recorded, and per held-out set
+    when sets were pooled."""
     groups = "".join(
         f"\n{heading}\n" + "".join(
             f"\n- {w}: {g['series']} series, {g['lesions']} lesions; sensitivity "
@@ -164,84 +280,7 @@ def card(folder: Path, command: str, heldout_seeds: Sequence[int], remarks: str 
         for source, g in evaluation.get("by_source", {}).items())
     if by_set:
         groups += "\nEach held-out set on its own:\n" + by_set + "\n"
-    intensity = spec.intensity
-    details = f", windows {list(intensity.windows)}" if intensity.windows else ""
-    k = spec.context_slices
-    context = (f" and seen with {k} neighbouring slice{'s' if k > 1 else ''} on each side "
-               "(2.5D)" if k else "")
-    if intensity.weighting:
-        details += (";\n  a second channel says T1 (-1), T2 (+1) or neither (0) from the echo "
-                    "and repetition times")
-    mirror = ("\n- Each slice is inferred as it is and mirrored left to right, the mirror's maps "
-              "mirrored\n  back and the two averaged (`scanside calibrate --mirror`)."
-              if spec.mirror else "")
-    on_froc = ("one point of it" if thresholds.companion_probability is None else
-               "beside it, not on it: the curve applies one threshold to every series, the "
-               "point a second one in series already called positive")
-    companion = ("" if thresholds.companion_probability is None else
-                 f"; in a series where one does, every other lesion from\n  "
-                 f"{thresholds.companion_probability} is reported too (the series is called "
-                 "positive by the first threshold alone)")
-    found = "".join(_found_line(evaluation, key) for key in ("kind", "organ", "polarity"))
-    return f"""# scanside {modality} model
-
-**Trained and evaluated on synthetic studies only. Not for clinical use.** Its figures
-say how well it finds the lesions `scanside synth` draws, not tumours in patients.
-
-## What it is
-
-- 2D residual U-Net with attention gates on the skips and a slice-level tumour head
-  (`models/network.py`): base {network.base_channels} channels, depth {network.depth},
-  at most {network.max_channels} channels; {count_parameters(checkpoint.build()):,} parameters;
-  {gflops_per_slice(network, spec.size):.2f} GFLOP per network input.
-- Input: {spec.channels} x {spec.size} x {spec.size}, each slice resampled to {spec.spacing_mm} mm
-  pixels{context};
-  intensity `{intensity.kind}` (clip {intensity.clip}, scale {intensity.scale}{details}).{mirror}
-- Thresholds, chosen by `scanside calibrate` on a calibration set used for nothing else:
-  a lesion is reported when {scoring} reaches
-  {thresholds.detection_probability}
-  (pixels above {thresholds.lesion_probability} form it) and its volume is at least
-  {thresholds.min_volume_mm3:g} mm3{companion}.
-  On the calibration set{crossed} they gave lesion sensitivity
-  {chosen} false positives per scan and series specificity
-  {calibration['series_specificity']:.3f}{negatives}.
-- Files: {', '.join(f'`{n}` {s:.1f} MiB' for n, s in sizes.items())}.
-{cost}
-
-## How it was made
-
-```sh
-{command}
-```
-
-- Training data: {data.get('cases', '?')} synthetic series, {data.get('validation_cases', '?')}
-  of them held back for validation (split by patient); training seed
-  {data.get('seed', '?')}; data digest `{str(data.get('digest', ''))[:16]}`.{fine_tuned}
-- {len(history)} epochs; the checkpoint kept is the one with the best validation Dice,
-  {best['val_dice']:.4f} at epoch {best['epoch']}. Curves: `training.png`.
-
-## How well it does
-
-On {evaluation['series']} held-out synthetic series ({evaluation['positive_series']} with
-lesions; {evaluation['lesions']} lesions, {evaluation['lesions_10mm_or_more']} of them
->= 10 mm) generated with {_seeds(heldout_seeds)}, which no training or calibration set used.
-A hit is a finding whose centre lies within max(5 mm, 0.75 x diameter) of the lesion's.
-
-| figure | value | target (issue 3) |
-|---|---|---|
-{figures}
-
-FROC (`eval/froc.png`) over every candidate lesion, whatever its probability (the
-operating point above is {on_froc}), lesion sensitivity at a false-positive rate per
-scan: {', '.join(f'{v:.3f} at {k}' for k, v in evaluation['froc'].items())}.
-Failed series: {len(evaluation['failed_series'])}. Missed lesions: {len(missed)}, each
-listed in `eval/eval.json` with its size, shape, organ and conspicuity.{_false_line(evaluation)}
-{_conspicuity_line(evaluation)}{found}{groups}
-## Conversion parity
-
-{_parity_line(folder / 'onnx-parity.json')}
-{_parity_line(folder / 'fp16-parity.json')}
-""" + (f"\n## Known weaknesses\n\n{remarks.strip()}\n" if remarks.strip() else "")
+    return groups
 
 
 def _seeds(seeds: Sequence[int]) -> str:
