@@ -18,6 +18,7 @@ import logging
 import queue
 import shutil
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -33,7 +34,7 @@ from edge.delivery.broker import EmbeddedBroker
 from edge.delivery.outbox import Outbox
 from edge.delivery.payloads import Message, Publishing, status_message
 from edge.delivery.publisher import BrokerAddress, Credentials, Publisher, parse_broker_url
-from edge.errors import ScansideError
+from edge.errors import ConfigError, ScansideError
 from edge.inference.zoo import DEFAULT_ZOO
 from edge.ingest.intake import Admitted, Intake
 from edge.ingest.journal import Journal
@@ -98,6 +99,7 @@ class Appliance:
         config.paths.state_dir.mkdir(parents=True, exist_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        listener = self._listen()           # before anything starts: a taken port stops it
         with closing(connect(config.paths.state_dir)) as conn:   # the page outlives a restart
             outbox = Outbox(conn)
             self.board.restore(
@@ -114,7 +116,7 @@ class Appliance:
             keepalive_s=config.mqtt.keepalive_s, max_inflight=config.mqtt.max_inflight,
             on_sent=self.board.record_sent)
         self.publisher.start()
-        web = self._web_server()
+        web = self._web_server(listener)
         pool = ReaderPool.from_config(config)
         threads = [self._thread("inference", self._inference),
                    self._thread("intake", self._intake, pool)]
@@ -132,8 +134,28 @@ class Appliance:
             web.should_exit = True
         return 1 if self.crash else 0
 
-    def _web_server(self):
-        """The status page, /metrics and the probes, in a thread of their own."""
+    def _listen(self) -> socket.socket:
+        """The status page's socket, bound to `[web] listen`. An address this box cannot
+        bind (a port in use, a host that is not its own) is a start-up error, never an
+        appliance running without its page; port 0 takes any free port, logged."""
+        web = self.config.web
+        listener = socket.socket(socket.AF_INET6 if ":" in web.host else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # restart in TIME_WAIT
+        try:
+            listener.bind((web.host, web.port))
+        except OSError as error:
+            listener.close()
+            raise ConfigError(f"[web] listen = {web.listen!r}: the status page cannot listen "
+                              f"there: {error.strerror or error}; expected an address of "
+                              "this machine with a free port") from error
+        host, port = listener.getsockname()[:2]
+        log.info("status page on http://%s/",
+                 f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return listener
+
+    def _web_server(self, listener: socket.socket):
+        """The status page, /metrics and the probes, served on `listener` in a thread of
+        their own."""
         import uvicorn
 
         from edge.web.app import create_app
@@ -141,10 +163,9 @@ class Appliance:
         web = self.config.web
         token = web.token_file.read_text().strip() if web.token_file else None
         app = create_app(self.board, token, self._ready)
-        server = uvicorn.Server(uvicorn.Config(app, host=web.host, port=web.port,
-                                               log_level="warning", lifespan="off"))
-        threading.Thread(target=server.run, name="web", daemon=True).start()
-        log.info("status page on http://%s/", web.listen)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        threading.Thread(target=server.run, kwargs={"sockets": [listener]}, name="web",
+                         daemon=True).start()
         return server
 
     def _ready(self) -> tuple[bool, str]:

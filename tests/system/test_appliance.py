@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,18 @@ def test_streamed_series_give_the_results_batch_analysis_gives(broker, appliance
         subscriber.wait_for(lambda s: s.on("/status")[-1]["state"] == "offline")
     finally:
         subscriber.close()
+
+
+def test_a_status_page_port_in_use_stops_the_appliance_naming_the_address(appliance):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = appliance(listen=f"127.0.0.1:{port}").start()
+        assert app.process.wait(timeout=60) == 2
+    output = app.output()
+    assert f"[web] listen = '127.0.0.1:{port}'" in output and "in use" in output
+    assert "running" not in output
 
 
 def test_a_restart_analyses_nothing_twice(broker, appliance, pet_cases):
