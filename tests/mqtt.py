@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import random
 import shutil
 import socket
 import subprocess
@@ -19,9 +20,19 @@ needs_mosquitto = pytest.mark.skipif(shutil.which("mosquitto") is None,
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now, for a server this test starts next. Drawn below the kernel's
+    ephemeral range: a port from that range (what binding port 0 gives) can be taken as
+    the source port of any outgoing connection before the server gets to bind it."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    first = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    for port in random.sample(range(10_000, first), 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 10000 and {first}")
 
 
 class Mosquitto:
