@@ -147,7 +147,8 @@ class Appliance:
             listener.close()
             raise ConfigError(f"[web] listen = {web.listen!r}: the status page cannot listen "
                               f"there: {error.strerror or error}; expected an address of "
-                              "this machine with a free port") from error
+                              "this machine with a free port (`--listen HOST:PORT` or "
+                              "[web] listen in the config)") from error
         host, port = listener.getsockname()[:2]
         log.info("status page on http://%s/",
                  f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
