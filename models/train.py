@@ -139,14 +139,14 @@ def train(config: TrainConfig) -> Path | None:
     net = _network(config, spec, resumed, start_from, device, rank)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    start, history, best = 0, [], -1.0
+    start, history = 0, []
     if resumed is not None:
-        start, history, best = _resume(resumed, net, optimizer, generator, rng)
+        start, history = _resume(resumed, net, optimizer, generator, rng)
         _say(rank, f"resumed from {last} after epoch {start}")
     run = _Run(config, spec, net,
                torch.nn.parallel.DistributedDataParallel(net) if world > 1 else net,
                optimizer, _sampler(config, spec, train_data, rng), generator, rng, device,
-               rank, train_data, val_data, history, best)
+               rank, train_data, val_data, history)
     for epoch in range(start, config.epochs):
         frozen = epoch < config.freeze_encoder_epochs
         mined = run.mine(epoch)
@@ -256,7 +256,6 @@ class _Run:
     train_data: list[CaseData]
     val_data: list[CaseData]
     history: list[dict]
-    best: float                         # the best validation Dice so far
 
     def mine(self, epoch: int) -> dict:
         """Run the network over every training slice and point the sampler at its false
@@ -313,10 +312,10 @@ class _Run:
         config = self.config
         metrics = validate(whole_case_inference(self.net, self.spec, self.device,
                                                 count_slices(self.val_data)), self.val_data)
+        improved = metrics["val_dice"] > max((h["val_dice"] for h in self.history),
+                                             default=-1.0)
         self.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
                              "encoder_frozen": frozen, **mined, **metrics})
-        improved = metrics["val_dice"] > self.best
-        self.best = max(self.best, metrics["val_dice"])
         checkpoint = Checkpoint(self.net.config, self.spec, self.net.state_dict(), epoch + 1,
                                 self.optimizer.state_dict(), self.history,
                                 {"torch": self.generator.get_state(),
@@ -375,8 +374,7 @@ def _resume(checkpoint: Checkpoint, net, optimizer, generator, rng):
     optimizer.load_state_dict(checkpoint.optimizer)
     generator.set_state(checkpoint.random_state["torch"])
     rng.bit_generator.state = checkpoint.random_state["numpy"]
-    best = max((h["val_dice"] for h in checkpoint.history), default=-1.0)
-    return checkpoint.epoch, checkpoint.history, best
+    return checkpoint.epoch, checkpoint.history
 
 
 def _distributed(device: str) -> tuple[int, int, torch.device]:
